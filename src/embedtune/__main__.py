@@ -1,0 +1,3 @@
+from embedtune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""The Python API: thin functions that turn arguments into a Config and call the library.
+
+The CLI calls these same functions, so a flag and a keyword argument always mean the same thing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from embedtune.config import Config
+
+
+def build_embedder(config: Config, adapter: str | None = None, precision: str | None = None):
+    from embedtune.models.embedder import Embedder
+
+    m = config.model
+    return Embedder(m.name, adapter=adapter if adapter is not None else m.adapter, pooling=m.pooling,
+                    prompt=m.prompt, max_length=m.max_length, trust_remote_code=m.trust_remote_code,
+                    precision=precision or config.eval.precision)
+
+
+def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence[str] | None = None,
+             data_dir: str | None = None, output: str | Path | None = None, show_progress: bool = True,
+             **model_options: Any) -> dict:
+    """Nine-set (or chosen-task) STS scores of a model: the dict that `embedtune eval` writes as JSON.
+
+    `model` is a --model value or an Embedder; `model_options` are ModelConfig fields (adapter, pooling, prompt...).
+    """
+    from embedtune.evaluation.report import write_eval_outputs
+    from embedtune.evaluation.sts import STSEvaluator
+    from embedtune.models.embedder import Embedder
+
+    config = config or Config()
+    if isinstance(model, str):
+        config.model.name = model
+    config.update({"model": model_options} if model_options else {}, "evaluate()")
+    if tasks is not None:
+        config.eval.tasks = list(tasks)
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    config.validate()
+    # Data first: a bad file must fail before the model load.
+    evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir,
+                                        batch_size=config.eval.batch_size, show_progress=show_progress)
+    embedder = model if isinstance(model, Embedder) else build_embedder(config)
+    result = evaluator(embedder)
+    if output or config.eval.output:
+        write_eval_outputs(result, output or config.eval.output)
+    return result
+
+
+def encode(texts: Sequence[str], model: Any = None, **model_options: Any) -> np.ndarray:
+    """L2-normalised embeddings of `texts` (rows in input order)."""
+    config = Config()
+    if model:
+        config.model.name = model
+    config.update({"model": model_options} if model_options else {}, "encode()")
+    return build_embedder(config.validate()).encode(texts)
+
+
+def train(config: Config) -> Path:
+    """Contrastive LoRA training; returns the folder of the final adapter."""
+    from embedtune.training.trainer import train as run_training
+
+    return run_training(config.validate())
+
+
+def run(config: Config) -> dict:
+    """Baseline evaluation, training, evaluation of the result, and a report: the one-command experiment."""
+    from embedtune.experiment import run_experiment
+
+    return run_experiment(config.validate())
+
+
+def export(model: str, adapter: str | None, out: str | Path, **options: Any) -> Path:
+    """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself."""
+    from embedtune.export import export_model
+
+    return export_model(model, adapter, out, **options)

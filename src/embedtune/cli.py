@@ -1,0 +1,213 @@
+"""Command line: subcommands; flags -> Config -> library calls, nothing else.
+
+Every flag defaults to 'not given', so that a YAML file passed with --config supplies what flags do not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from embedtune.config import Config
+from embedtune.errors import EmbedtuneError
+
+# flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
+MODEL_FLAGS = {"model": ("model", "name"), "adapter": ("model", "adapter"), "pooling": ("model", "pooling"),
+               "prompt": ("model", "prompt"), "max_length": ("model", "max_length"),
+               "trust_remote_code": ("model", "trust_remote_code")}
+DATA_FLAGS = {"data_dir": ("data", "data_dir"), "train_file": ("data", "train_files"),
+              "anchor_column": ("data", "anchor_column"), "positive_column": ("data", "positive_column"),
+              "negative_column": ("data", "negative_column"), "decontaminate": ("data", "decontaminate"),
+              "max_train_samples": ("data", "max_train_samples")}
+EVAL_FLAGS = {"tasks": ("eval", "tasks"), "batch_size": ("eval", "batch_size"), "precision": ("eval", "precision"),
+              "output": ("eval", "output")}
+TRAIN_FLAGS = {name: ("train", name) for name in (
+    "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
+    "temperature", "learnable_temperature", "hard_negatives", "gradient_checkpointing", "precision", "seed",
+    "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens")}
+TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
+                "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
+                "tasks": ("eval", "tasks")}
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, **kwargs)
+
+
+def _switch(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                        default=argparse.SUPPRESS, help=help)
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "model", help="packaged alias (gemma3-270m, smollm2-135m, all-minilm-l6-v2), hub id, HF folder or .gguf")
+    _flag(p, "adapter", help="LoRA adapter folder to apply (merged at load)")
+    _flag(p, "pooling", choices=["eos", "mean", "cls"], help="default: eos for decoder LMs, mean for encoders")
+    _flag(p, "prompt", help="prompt template, '{}' marks the text (e.g. '{} is:')")
+    _flag(p, "max_length", type=int)
+    _switch(p, "trust_remote_code", "allow the model's own Python code (MiniCPM needs it)")
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    _flag(p, "data_dir", help="folder with sts/ and nli/ (default: $EMBEDTUNE_DATA_DIR, else the hub)")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    _add_model_flags(p)
+    _add_data_dir(p)
+    _flag(p, "config", help="YAML file with model/data/lora/train/eval sections")
+    _flag(p, "train_file", nargs="+", help="training files (triplets or NLI pairs); default: DATA_DIR/nli/triplets/*")
+    for column in ("anchor_column", "positive_column", "negative_column"):
+        _flag(p, column)
+    _switch(p, "decontaminate", "drop training rows whose sentences occur in the STS sets (default on)")
+    _flag(p, "max_train_samples", type=int)
+    _flag(p, "output_dir", required=True)
+    for name, kind in (("batch_size", int), ("lr", float), ("epochs", int), ("max_steps", int),
+                       ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
+                       ("temperature", float), ("seed", int), ("eval_steps", int), ("save_steps", int),
+                       ("save_total_limit", int), ("chunk_tokens", int), ("lora_r", int), ("lora_alpha", int),
+                       ("lora_dropout", float), ("eval_batch_size", int)):
+        _flag(p, name, type=kind)
+    _flag(p, "precision", choices=["auto", "bf16", "fp32"])
+    _flag(p, "lora_targets", help="attention (q,k,v,o; default) | qv | all-linear | comma-separated module names")
+    _flag(p, "tasks", nargs="+", help="STS tasks for `run` (default: all nine)")
+    _switch(p, "learnable_temperature", "learn the InfoNCE temperature")
+    _switch(p, "hard_negatives", "use the hard-negative column (default on; off = paper Table 6 ablation)")
+    _switch(p, "gradient_checkpointing", "trade compute for activation memory")
+    _switch(p, "resume", "continue from the newest checkpoint in --output-dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedtune", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="score a model on the STS sets")
+    _add_model_flags(p)
+    _add_data_dir(p)
+    _flag(p, "tasks", nargs="+", help="subset of: sts12 sts13 sts14 sts15 sts16 sts17 stsbenchmark biosses sickr")
+    _flag(p, "batch_size", type=int)
+    _flag(p, "precision", choices=["auto", "bf16", "fp32"])
+    _flag(p, "output", help="results JSON (a Markdown table is written beside it)")
+    _flag(p, "config", help="YAML config file")
+
+    p = sub.add_parser("train", help="contrastive LoRA training")
+    _add_train_flags(p)
+    p = sub.add_parser("run", help="baseline eval + training + eval + report, in one command")
+    _add_train_flags(p)
+
+    p = sub.add_parser("export", help="merge an adapter and write a sentence-transformers folder")
+    _add_model_flags(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--adapter-only", action="store_true", help="copy the adapter only, no merge")
+
+    p = sub.add_parser("encode", help="embed texts from a file")
+    _add_model_flags(p)
+    p.add_argument("--input", required=True, help=".txt (one text a line), .jsonl or .csv")
+    p.add_argument("--output", required=True, help=".npy or .jsonl")
+    p.add_argument("--column", default="text", help="column/field holding the text in .csv/.jsonl")
+    p.add_argument("--batch-size", type=int, default=128)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible /v1/embeddings server")
+    _add_model_flags(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-size", type=int, default=64, help="texts per model call (dynamic batching)")
+    p.add_argument("--max-items", type=int, default=256, help="most texts in one request")
+    p.add_argument("--max-tokens", type=int, default=8192, help="most tokens in one request")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Config:
+    config = Config.from_yaml(args.config) if getattr(args, "config", None) else Config()
+    given: dict[str, dict[str, Any]] = {}
+    for flag, (section, name) in flags.items():
+        if flag in vars(args):
+            given.setdefault(section, {})[name] = getattr(args, flag)
+    config.update(given, "command line")
+    return config.validate()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from embedtune.api import evaluate
+    from embedtune.evaluation.report import eval_markdown
+
+    config = config_from_args(args, MODEL_FLAGS | DATA_FLAGS | EVAL_FLAGS)
+    result = evaluate(config=config)
+    print(eval_markdown(result))
+    if config.eval.output:
+        print(f"wrote {config.eval.output} and {Path(config.eval.output).with_suffix('.md')}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from embedtune.api import train
+
+    final = train(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS))
+    print(f"final adapter: {final}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from embedtune.api import run
+
+    report = run(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS))
+    print(f"report: {report['paths']['report_md']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from embedtune.export import export_model
+
+    config = config_from_args(args, MODEL_FLAGS)
+    m = config.model
+    out = export_model(m.name, m.adapter, args.out, adapter_only=args.adapter_only, pooling=m.pooling,
+                       prompt=m.prompt, max_length=m.max_length, trust_remote_code=m.trust_remote_code)
+    print(f"exported to {out}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from embedtune.api import build_embedder
+    from embedtune.encode_files import encode_file
+
+    embedder = build_embedder(config_from_args(args, MODEL_FLAGS))
+    n = encode_file(embedder, args.input, args.output, column=args.column, batch_size=args.batch_size)
+    print(f"wrote {n} embeddings to {args.output}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from embedtune.api import build_embedder
+    from embedtune.serve import ServeLimits, serve
+
+    embedder = build_embedder(config_from_args(args, MODEL_FLAGS))
+    limits = ServeLimits(max_batch_size=args.max_batch_size, max_items=args.max_items, max_tokens=args.max_tokens)
+    serve(embedder, host=args.host, port=args.port, limits=limits)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "eval": cmd_eval, "train": cmd_train, "run": cmd_run, "export": cmd_export, "encode": cmd_encode,
+    "serve": cmd_serve,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except EmbedtuneError as err:
+        print(f"embedtune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("embedtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

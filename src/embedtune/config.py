@@ -1,0 +1,202 @@
+"""One typed configuration shared by the CLI, YAML files and the Python API, validated up front.
+
+YAML files use the section names below (`model:`, `data:`, `lora:`, `train:`, `eval:`); CLI flags set the
+same fields (a flag given on the command line wins over the file). Unknown keys are errors, not warnings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from embedtune.errors import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+POOLINGS = ("eos", "mean", "cls")
+LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gemma3-270m"  # packaged alias, hub id, local HF folder or .gguf file
+    adapter: str | None = None
+    pooling: str | None = None  # None: eos for decoder LMs, mean for encoders
+    prompt: str | None = None  # e.g. '{} is:' (paper Table 5); '{}' marks where the text goes
+    max_length: int = 512
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    data_dir: str | None = None  # holds nli/triplets/ and sts/; $EMBEDTUNE_DATA_DIR when unset
+    train_files: list[str] = field(default_factory=list)  # CSV/TSV/JSONL/parquet triplets or NLI pairs
+    anchor_column: str = "sent0"
+    positive_column: str = "sent1"
+    negative_column: str = "hard_neg"
+    decontaminate: bool = True  # drop training rows whose sentences occur in the STS evaluation sets
+    max_train_samples: int | None = None
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    targets: str = "attention"  # attention (q,k,v,o) | qv (the paper repo's q_proj,v_proj) | all-linear | a,b,c
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/embedtune"
+    batch_size: int = 60
+    lr: float = 5e-5
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    temperature: float = 0.05
+    learnable_temperature: bool = False
+    hard_negatives: bool = True
+    gradient_checkpointing: bool = False
+    precision: str = "bf16"
+    seed: int = 42
+    eval_steps: int = 50  # 0 turns dev evaluation off
+    save_steps: int = 100
+    save_total_limit: int = 2
+    resume: bool = False
+    chunk_tokens: int = 4096  # token budget per forward chunk inside a contrastive batch
+    log_steps: int = 1
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)  # empty: all nine
+    batch_size: int = 64
+    precision: str = "auto"
+    output: str | None = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "Config":
+        config = cls()
+        config.update(raw, source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        return cls.from_dict(raw, str(path))
+
+    def update(self, raw: dict[str, Any], source: str = "config") -> None:
+        """Set fields from a {section: {key: value}} mapping; unknown sections and keys are errors."""
+        sections = {f.name: getattr(self, f.name) for f in fields(self)}
+        for section_name, values in raw.items():
+            if section_name not in sections:
+                raise ConfigError(f"{source}: unknown section '{section_name}' (valid: {', '.join(sections)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section '{section_name}' must be a mapping")
+            _set_fields(sections[section_name], values, f"{source}: {section_name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        """Reject invalid values before any long work starts."""
+        t, m, lo = self.train, self.model, self.lora
+        checks = [
+            (t.lr > 0 and math.isfinite(t.lr), f"train.lr must be > 0, got {t.lr}"),
+            (t.batch_size >= 2, f"train.batch_size must be >= 2 (in-batch negatives need company), got {t.batch_size}"),
+            (t.temperature > 0, f"train.temperature must be > 0, got {t.temperature}"),
+            (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+            (t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}"),
+            (0 <= t.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}"),
+            (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+            (t.max_grad_norm > 0, f"train.max_grad_norm must be > 0, got {t.max_grad_norm}"),
+            (t.eval_steps >= 0, f"train.eval_steps must be >= 0, got {t.eval_steps}"),
+            (t.save_steps >= 1, f"train.save_steps must be >= 1, got {t.save_steps}"),
+            (t.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {t.save_total_limit}"),
+            (t.chunk_tokens >= 16, f"train.chunk_tokens must be >= 16, got {t.chunk_tokens}"),
+            (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got '{t.precision}'"),
+            (self.eval.precision in PRECISIONS, f"eval.precision must be one of {', '.join(PRECISIONS)}"),
+            (self.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.eval.batch_size}"),
+            (m.pooling is None or m.pooling in POOLINGS, f"model.pooling must be one of {', '.join(POOLINGS)}"),
+            (m.max_length >= 2, f"model.max_length must be >= 2, got {m.max_length}"),
+            (lo.r >= 1, f"lora.r must be >= 1, got {lo.r}"),
+            (lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}"),
+            (0 <= lo.dropout < 1, f"lora.dropout must be in [0, 1), got {lo.dropout}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def _set_fields(section: Any, values: dict[str, Any], where: str) -> None:
+    hints = get_type_hints(type(section))
+    known = {f.name for f in fields(section)}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{where}: unknown key '{key}' (valid: {', '.join(sorted(known))})")
+        setattr(section, name, _coerce(value, hints[name], f"{where}.{key}"))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a YAML/CLI value against the field's type; ints are accepted where floats are expected."""
+    text = str(hint)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{where}: must not be empty")
+    if text.startswith("list"):
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [str(v) for v in value]
+    for kind in (bool, int, float, str):
+        if kind.__name__ in text:
+            return _as(kind, value, where)
+    return value
+
+
+def _as(kind: type, value: Any, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes", "on"):
+            return True
+        if str(value).lower() in ("false", "0", "no", "off"):
+            return False
+    elif kind is int and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit()):
+            return int(value)
+    elif kind is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif kind is str:
+        return str(value)
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")

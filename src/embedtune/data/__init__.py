@@ -1,0 +1,1 @@
+"""Data: table readers, NLI training triplets, and the STS evaluation tasks."""

@@ -1,0 +1,1 @@
+"""Evaluation: STS scoring and reports."""

@@ -1,0 +1,90 @@
+"""Score an embedder on STS tasks exactly as MTEB does: Spearman (x 100) of cosine similarity vs gold.
+
+Each unique sentence is encoded once across all tasks (the nine sets hold 48,400 sentences, 27,640 unique).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from embedtune.data.sts import STSData, load_sts, resolve_data_dir, resolve_tasks
+from embedtune.models.embedder import Embedder
+
+
+def spearman_x100(predicted: Sequence[float], gold: Sequence[float]) -> float:
+    return float(spearmanr(predicted, gold).statistic) * 100.0
+
+
+def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity in float64 (as MTEB's sklearn-based scorer), robust to unnormalised input."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(norms, 1e-12)
+
+
+def average_and_std(scores: Sequence[float]) -> tuple[float, float]:
+    """The paper's convention: mean and population standard deviation over the tasks."""
+    values = np.asarray(scores, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=0))
+
+
+@dataclass
+class STSEvaluator:
+    """A callable: Embedder -> metrics dict (the JSON written by `embedtune eval`)."""
+
+    datasets: list[STSData]
+    batch_size: int = 64
+    show_progress: bool = True
+    name_suffix: str = ""
+    unique_sentences: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        seen: dict[str, None] = {}
+        for data in self.datasets:
+            seen.update(dict.fromkeys(data.sentences1))
+            seen.update(dict.fromkeys(data.sentences2))
+        self.unique_sentences = list(seen)
+
+    @classmethod
+    def from_tasks(cls, tasks: Sequence[str] | None = None, data_dir: str | Path | None = None,
+                   split: str | None = None, **kwargs) -> "STSEvaluator":
+        # Every file is read and checked before any model work starts.
+        records = resolve_tasks(list(tasks) if tasks else None)
+        root = resolve_data_dir(data_dir)
+        return cls([load_sts(task, root, split) for task in records], **kwargs)
+
+    @property
+    def n_sentences(self) -> int:
+        return sum(2 * len(d) for d in self.datasets)
+
+    def __call__(self, embedder: Embedder) -> dict:
+        start = time.perf_counter()
+        vectors = embedder.encode(self.unique_sentences, batch_size=self.batch_size, show_progress=self.show_progress,
+                                  desc=f"encoding {len(self.unique_sentences)} unique sentences")
+        row = {text: i for i, text in enumerate(self.unique_sentences)}
+        tasks = {}
+        for data in self.datasets:
+            a = vectors[[row[t] for t in data.sentences1]]
+            b = vectors[[row[t] for t in data.sentences2]]
+            score = spearman_x100(paired_cosine(a, b), data.scores)
+            tasks[data.name + self.name_suffix] = {"spearman": round(score, 4), "n": len(data)}
+        seconds = time.perf_counter() - start
+        average, std = average_and_std([t["spearman"] for t in tasks.values()])
+        return {
+            "model": embedder.name,
+            "pooling": embedder.pooling,
+            "prompt": embedder.prompt,
+            "tasks": tasks,
+            "average": round(average, 4),
+            "std": round(std, 4),
+            "seconds": round(seconds, 2),
+            "sentences": self.n_sentences,
+            "unique_sentences": len(self.unique_sentences),
+            "sentences_per_s": round(self.n_sentences / seconds, 1) if seconds > 0 else None,
+        }

