@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from embedtune.config import Config
-from embedtune.errors import EmbedtuneError
+from embedtune.errors import EmbedtuneError, TrainingStopped
 
 # flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
 MODEL_FLAGS = {"model": ("model", "name"), "adapter": ("model", "adapter"), "pooling": ("model", "pooling"),
@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
+    except TrainingStopped as err:
+        print(f"embedtune: {err}", file=sys.stderr)
+        return 130
     except EmbedtuneError as err:
         print(f"embedtune: error: {err}", file=sys.stderr)
         return 2

@@ -29,3 +29,7 @@ class DataError(EmbedtuneError):
 
 class TrainingError(EmbedtuneError):
     """A training run that cannot go on (e.g. a non-finite loss)."""
+
+
+class TrainingStopped(EmbedtuneError):
+    """A run stopped on request (SIGINT/SIGTERM) after saving a checkpoint."""

@@ -14,6 +14,7 @@ from embedtune.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "EMBEDTUNE_DATA_DIR"
 STS_COLUMNS = ("sentence1", "sentence2", "score")
+HUB_SPLITS = {"dev": "validation"}  # local file names -> the hub datasets' split names
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def load_sts(task: STSTask, data_dir: Path | None, split: str | None = None) -> 
         if not path.is_file():
             raise DataError(f"STS file for task '{task.name}' not found", file=str(path))
         return read_sts_file(path, task.name)
-    return _load_from_hub(task, split or task.split)
+    return _load_from_hub(task, HUB_SPLITS.get(split or task.split, split or task.split))
 
 
 def _load_from_hub(task: STSTask, split: str) -> STSData:

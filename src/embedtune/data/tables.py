@@ -44,7 +44,7 @@ def read_table(path: str | Path, required: list[str]) -> list[Row]:
         rows = _read_parquet(path)
     else:
         raise DataError(f"unsupported file type '{suffix}' (use one of {', '.join(TABLE_SUFFIXES)})", file=str(path))
-    _check_columns(path, rows, required)
+    require_columns(path, rows, required)
     return rows
 
 
@@ -93,7 +93,7 @@ def _read_parquet(path: Path) -> list[Row]:
     return [Row(i + 1, record) for i, record in enumerate(table.to_pylist())]
 
 
-def _check_columns(path: Path, rows: list[Row], required: list[str]) -> None:
+def require_columns(path: Path, rows: list[Row], required: list[str]) -> None:
     present = rows[0].values.keys()
     for name in required:
         if name not in present:

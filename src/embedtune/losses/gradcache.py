@@ -1,0 +1,72 @@
+"""Cached InfoNCE (GradCache, Gao et al. 2021): contrastive batches larger than activation memory allows.
+
+Pass 1 embeds the batch in small chunks without a graph; the loss is computed on those vectors and its
+gradient with respect to them is cached; pass 2 (inside backward) re-embeds each chunk with a graph, under
+the same RNG state as pass 1 so that dropout masks match, and back-propagates the cached gradient.
+Loss and gradients equal the plain InfoNCELoss; memory holds one chunk's activations at a time.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from embedtune.losses.infonce import InfoNCELoss, TripletBatch, _deduplicate
+from embedtune.models.embedder import length_sorted_batches
+
+
+class _ReplayChunks(torch.autograd.Function):
+    """Identity on the detached vectors; its backward replays the chunks with a graph."""
+
+    @staticmethod
+    def forward(ctx, anchor: torch.Tensor, vectors: torch.Tensor, replay: Callable[[torch.Tensor], None]):
+        ctx.replay = replay
+        return vectors.clone()
+
+    @staticmethod
+    def backward(ctx, grad_vectors: torch.Tensor):
+        with torch.enable_grad():
+            ctx.replay(grad_vectors)
+        return torch.zeros(()), None, None
+
+
+class CachedInfoNCELoss(InfoNCELoss):
+    def __init__(self, embedder, mini_batch_tokens: int = 1024, **kwargs):
+        super().__init__(embedder, **kwargs)
+        self.mini_batch_tokens = mini_batch_tokens
+        # Gives autograd a reason to call _ReplayChunks.backward; its own gradient is always zero.
+        self._anchor = torch.zeros((), requires_grad=True)
+
+    def embed(self, batch: TripletBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        unique, inverse = _deduplicate(batch.texts())
+        chunks = length_sorted_batches([len(x) for x in unique], 256, self.mini_batch_tokens)
+        rng_states, parts = [], []
+        with torch.no_grad():
+            for chunk in chunks:
+                rng_states.append(_rng_state())
+                parts.append(self.embedder.embed_batch(self.embedder.pad([unique[i] for i in chunk])))
+        cached = torch.cat(parts)
+
+        def replay(grad: torch.Tensor) -> None:
+            start = 0
+            for chunk, state in zip(chunks, rng_states):
+                _set_rng_state(state)
+                vectors = self.embedder.embed_batch(self.embedder.pad([unique[i] for i in chunk]))
+                vectors.backward(grad[start:start + len(chunk)])
+                start += len(chunk)
+
+        order = torch.tensor([i for chunk in chunks for i in chunk])
+        vectors = _ReplayChunks.apply(self._anchor, cached, replay)[torch.argsort(order)][inverse]
+        n = len(batch.anchors)
+        negatives = vectors[2 * n:] if batch.negatives is not None and self.hard_negatives else None
+        return vectors[:n], vectors[n:2 * n], negatives
+
+
+def _rng_state() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])

@@ -1,0 +1,109 @@
+"""InfoNCE over cosine similarity / temperature, with in-batch and hard negatives (the paper's loss).
+
+Each anchor is scored against every positive and every hard negative in the batch; its own positive is the
+target class. With temperature 0.05 this equals sentence-transformers' MultipleNegativesRankingLoss (scale 20).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from embedtune.models.embedder import Embedder
+
+
+@dataclass(frozen=True)
+class TripletBatch:
+    """Token ids of one contrastive batch; `negatives` is None for the no-hard-negative ablation."""
+
+    anchors: list[list[int]]
+    positives: list[list[int]]
+    negatives: list[list[int]] | None
+
+    def texts(self) -> list[list[int]]:
+        return self.anchors + self.positives + (self.negatives or [])
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(x) for x in self.texts())
+
+
+def gather_candidates(candidates: torch.Tensor, gather_with_grad: bool) -> torch.Tensor:
+    """All ranks' candidates, local rank first is not assumed: rank r's rows sit at r * n."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return candidates
+    if gather_with_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(candidates))
+    gathered = [torch.zeros_like(candidates) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, candidates)
+    gathered[dist.get_rank()] = candidates  # keep the local rows in the graph
+    return torch.cat(gathered)
+
+
+def compute_loss_from_embeddings(
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor | None,
+    temperature: torch.Tensor | float,
+    gather_with_grad: bool = False,
+) -> torch.Tensor:
+    """Mean cross-entropy of each anchor over [all positives; all hard negatives]; inputs are L2-normalised.
+
+    Across ranks (local_loss style): local anchors against every rank's candidates, so memory grows with the
+    local batch only; `gather_with_grad` lets gradients flow into other ranks' candidates too.
+    """
+    n = positives.shape[0]
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    world_positives = gather_candidates(positives, gather_with_grad)
+    candidates = [world_positives]
+    if negatives is not None:
+        candidates.append(gather_candidates(negatives, gather_with_grad))
+    logits = anchors @ torch.cat(candidates).T / temperature
+    targets = torch.arange(n, device=anchors.device) + rank * n
+    return F.cross_entropy(logits.float(), targets)
+
+
+class InfoNCELoss(nn.Module):
+    """forward(batch) embeds the batch's texts once each, then hands the vectors to compute_loss_from_embeddings."""
+
+    def __init__(self, embedder: Embedder, temperature: float = 0.05, learnable_temperature: bool = False,
+                 hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = False):
+        super().__init__()
+        self.embedder = embedder
+        self.hard_negatives = hard_negatives
+        self.chunk_tokens = chunk_tokens
+        self.gather_with_grad = gather_with_grad
+        # Learn log(1/temperature) as CLIP does: positive by construction and well-scaled for the optimiser.
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        self.log_scale = nn.Parameter(log_scale) if learnable_temperature else None
+        self.register_buffer("fixed_log_scale", log_scale, persistent=False)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        log_scale = self.log_scale if self.log_scale is not None else self.fixed_log_scale
+        return 1.0 / log_scale.clamp(max=math.log(100.0)).exp()
+
+    def embed(self, batch: TripletBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        texts = batch.texts()
+        unique, inverse = _deduplicate(texts)
+        vectors = self.embedder.embed_ids(unique, max_tokens=self.chunk_tokens)[inverse]
+        n = len(batch.anchors)
+        negatives = vectors[2 * n:] if batch.negatives is not None and self.hard_negatives else None
+        return vectors[:n], vectors[n:2 * n], negatives
+
+    def forward(self, batch: TripletBatch) -> torch.Tensor:
+        anchors, positives, negatives = self.embed(batch)
+        return compute_loss_from_embeddings(anchors, positives, negatives, self.temperature, self.gather_with_grad)
+
+
+def _deduplicate(texts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+    """Each distinct token list once (a premise shared by several triplets is encoded once)."""
+    index: dict[tuple[int, ...], int] = {}
+    inverse = [index.setdefault(tuple(t), len(index)) for t in texts]
+    return [list(k) for k in index], torch.tensor(inverse)

@@ -1,0 +1,1 @@
+"""Training: the loop (trainer) and exact-resume checkpoints."""
