@@ -119,13 +119,25 @@ def test_card_info_is_found_beside_the_adapter(tmp_path):
     adapter = run / "final"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
-    (run / "config.yaml").write_text("lora:\n  r: 8\ntrain:\n  lr: 5.0e-05\n")
+    # The layout `embedtune run` writes: OUT/config.json, OUT/base.json, OUT/tuned.json, OUT/final/.
+    (run / "config.json").write_text(json.dumps({"lora": {"r": 8}, "data": {"data_dir": "/home/me/data"}}))
     result = {"tasks": {"sts12": {"spearman": 1.0, "n": 1}}, "average": 1.0, "std": 0.0}
-    (run / "eval_base.json").write_text(json.dumps({**result, "average": 0.5}))
-    (run / "eval_tuned.json").write_text(json.dumps(result))
+    (run / "base.json").write_text(json.dumps({**result, "average": 0.5}))
+    (run / "tuned.json").write_text(json.dumps(result))
+    (run / "report.json").write_text(json.dumps({"base": {}, "tuned": {}, "gain": 0.5}))
     info = discover_card_info(str(adapter))
     assert info["config"]["lora"]["r"] == 8
     assert info["scores"]["average"] == 1.0 and info["base_scores"]["average"] == 0.5
+
+
+def test_export_per_architecture(tiny_arch_dir, tiny_texts, tmp_path):
+    """Gemma3 (sliding window), Phi (partial rotary) and Llama shapes all survive the trip through ST."""
+    from sentence_transformers import SentenceTransformer
+
+    out = export_model(str(tiny_arch_dir), None, tmp_path / "arch", max_length=MAX_LENGTH)
+    ours = Embedder(str(tiny_arch_dir), max_length=MAX_LENGTH).encode(tiny_texts)
+    theirs = SentenceTransformer(str(out), device="cpu").encode(tiny_texts, batch_size=4)
+    assert cosines(ours, theirs).min() >= 0.9999
 
 
 def test_export_refuses_bad_targets(tiny_model_dir, tiny_adapter_dir, tmp_path):

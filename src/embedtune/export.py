@@ -328,6 +328,17 @@ def _display_name(spec: str) -> str:
     return path.name if path.is_absolute() or path.exists() else spec
 
 
+def _strip_paths(value: Any) -> Any:
+    """Absolute paths in a config shown by their last part only."""
+    if isinstance(value, dict):
+        return {k: _strip_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_paths(v) for v in value]
+    if isinstance(value, str) and (value.startswith("/") or value.startswith("~")):
+        return Path(value).name
+    return value
+
+
 def model_card(meta: dict, info: dict) -> str:
     from embedtune.evaluation.report import DISPLAY_NAMES, comparison_markdown
 
@@ -376,7 +387,7 @@ def model_card(meta: dict, info: dict) -> str:
         import yaml
 
         lines += ["## Training configuration", "", "```yaml",
-                  yaml.safe_dump(info["config"], sort_keys=False).strip(), "```", ""]
+                  yaml.safe_dump(_strip_paths(info["config"]), sort_keys=False).strip(), "```", ""]
     if info.get("notes"):
         lines += ["## Notes", "", str(info["notes"]).strip(), ""]
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
