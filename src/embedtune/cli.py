@@ -172,8 +172,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from embedtune.api import build_embedder
-    from embedtune.encode_files import encode_file
+    from embedtune.encode_files import check_paths, encode_file
 
+    check_paths(args.input, args.output)  # a wrong path must fail before the model load
     embedder = build_embedder(config_from_args(args, MODEL_FLAGS))
     n = encode_file(embedder, args.input, args.output, column=args.column, batch_size=args.batch_size)
     print(f"wrote {n} embeddings to {args.output}")
