@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from embedtune.losses.infonce import InfoNCELoss, TripletBatch, _deduplicate
-from embedtune.models.embedder import length_sorted_batches
+from embedtune.models.embedder import padding_aware_chunks
 
 
 class _ReplayChunks(torch.autograd.Function):
@@ -39,7 +39,7 @@ class CachedInfoNCELoss(InfoNCELoss):
 
     def embed(self, batch: TripletBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         unique, inverse = _deduplicate(batch.texts())
-        chunks = length_sorted_batches([len(x) for x in unique], 256, self.mini_batch_tokens)
+        chunks = padding_aware_chunks([len(x) for x in unique], self.mini_batch_tokens)
         rng_states, parts = [], []
         with torch.no_grad():
             for chunk in chunks:

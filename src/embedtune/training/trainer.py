@@ -25,7 +25,7 @@ from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.losses.infonce import InfoNCELoss, TripletBatch
 from embedtune.models.embedder import Embedder
-from embedtune.models.lora import attach_lora, trainable_parameters
+from embedtune.models.lora import attach_lora, speed_up_lora, trainable_parameters
 from embedtune.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
     embedder = embedder or Embedder(m.name, pooling=m.pooling, prompt=m.prompt, max_length=m.max_length,
                                     precision=t.precision, trust_remote_code=m.trust_remote_code)
     embedder.model = attach_lora(embedder.model, config.lora)
+    speed_up_lora(embedder.model, under_autocast=embedder.dtype != torch.float32)
     if t.gradient_checkpointing:
         # With frozen inputs, checkpointed blocks would see no tensor that needs grad and LoRA would get none.
         embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
