@@ -160,9 +160,9 @@ class Embedder:
             hidden = self.model(**batch).last_hidden_state
         return F.normalize(pool(hidden.float(), batch["attention_mask"], self.pooling), dim=-1)
 
-    def embed_ids(self, ids: Sequence[Sequence[int]], max_tokens: int = 4096) -> torch.Tensor:
+    def embed_ids(self, ids: Sequence[Sequence[int]], max_tokens: int = 4096, max_batch: int = 256) -> torch.Tensor:
         """Embed many token lists in length-sorted chunks (little padding); rows come back in input order."""
-        chunks = padding_aware_chunks([len(x) for x in ids], max_tokens)
+        chunks = padding_aware_chunks([len(x) for x in ids], max_tokens, max_batch=max_batch)
         vectors = torch.cat([self.embed_batch(self.pad([ids[i] for i in chunk])) for chunk in chunks])
         order = torch.tensor([i for chunk in chunks for i in chunk], device=vectors.device)
         return vectors[torch.argsort(order)]
@@ -227,7 +227,8 @@ def length_sorted_batches(lengths: Sequence[int], max_batch: int, max_tokens: in
     return batches
 
 
-def padding_aware_chunks(lengths: Sequence[int], max_tokens: int, overhead_tokens: int = 48) -> list[list[int]]:
+def padding_aware_chunks(lengths: Sequence[int], max_tokens: int, overhead_tokens: int = 48,
+                         max_batch: int = 256) -> list[list[int]]:
     """Split texts, sorted by length, into chunks that minimise padded tokens + a per-chunk overhead.
 
     A contrastive batch holds ~100-200 texts of very different lengths: one big chunk pads every text to the
@@ -241,7 +242,7 @@ def padding_aware_chunks(lengths: Sequence[int], max_tokens: int, overhead_token
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         for i in range(j - 1, -1, -1):  # chunk = sorted texts i..j-1, padded to sizes[i]
-            if (j - i) * sizes[i] > max_tokens and j - i > 1:
+            if j - i > 1 and ((j - i) * sizes[i] > max_tokens or j - i > max_batch):
                 break
             cost = best[i] + (j - i) * sizes[i] + overhead_tokens
             if cost < best[j]:
