@@ -95,10 +95,11 @@ def _read_parquet(path: Path) -> list[Row]:
 
 def require_columns(path: Path, rows: list[Row], required: list[str]) -> None:
     present = rows[0].values.keys()
+    header_line = 1 if path.suffix.lower() in (".tsv", ".csv") else rows[0].line
     for name in required:
         if name not in present:
             raise DataError(
-                f"missing column (found: {', '.join(map(str, present))})", file=str(path), line=rows[0].line, field=name
+                f"missing column (found: {', '.join(map(str, present))})", file=str(path), line=header_line, field=name
             )
 
 

@@ -1,0 +1,58 @@
+"""One typed config for CLI, YAML and Python: unknown keys and invalid values are rejected up front."""
+from __future__ import annotations
+
+import pytest
+
+from embedtune.cli import build_parser, config_from_args
+from embedtune.cli import TRAIN_FLAGS, MODEL_FLAGS, DATA_FLAGS
+from embedtune.config import Config
+from embedtune.errors import ConfigError
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("train", "lr", 0, "train.lr must be > 0"),
+    ("train", "lr", -1e-5, "train.lr must be > 0"),
+    ("train", "batch_size", 1, "train.batch_size must be >= 2"),
+    ("train", "temperature", 0.0, "train.temperature must be > 0"),
+    ("train", "precision", "fp8", "train.precision must be one of"),
+    ("lora", "dropout", 1.5, "lora.dropout must be in"),
+])
+def test_invalid_values_are_rejected(section, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict({section: {key: value}}).validate()
+
+
+def test_unknown_keys_and_sections_are_rejected():
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+        Config.from_dict({"train": {"learning_rate": 1e-4}})
+    with pytest.raises(ConfigError, match="unknown section 'optim'"):
+        Config.from_dict({"optim": {}})
+    with pytest.raises(ConfigError, match="expected int, got 'many'"):
+        Config.from_dict({"train": {"batch_size": "many"}})
+
+
+def test_yaml_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: some/model\ntrain:\n  lr: 2.0e-4\n  batch_size: 16\n  max_steps: 10\n")
+    config = Config.from_yaml(path)
+    assert (config.model.name, config.train.lr, config.train.batch_size) == ("some/model", 2e-4, 16)
+    args = build_parser().parse_args(["train", "--config", str(path), "--output-dir", "o", "--lr", "5e-5",
+                                      "--no-hard-negatives", "--lora-targets", "qv"])
+    config = config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS)
+    assert config.train.lr == 5e-5 and config.train.batch_size == 16  # flag wins, file fills the rest
+    assert config.train.hard_negatives is False and config.lora.targets == "qv"
+    assert config.train.output_dir == "o"
+
+
+def test_bad_yaml_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        Config.from_yaml(path)
+
+
+def test_paper_defaults():
+    config = Config()
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (8, 32, 0.1)
+    assert (config.train.batch_size, config.train.lr, config.train.temperature, config.train.epochs) == \
+        (60, 5e-5, 0.05, 1)
