@@ -42,7 +42,7 @@ def run_experiment(config: Config) -> dict:
     tuned = evaluator(build_embedder(config, adapter=str(final)))
     write_eval_outputs(tuned, out / "tuned.json")
 
-    report = {"base": base, "tuned": tuned, "gain": round(tuned["average"] - base["average"], 4)}
+    report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"]}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plots = plot_training(out / METRICS, out)
     (out / "report.md").write_text(_report_markdown(config, report, plots, out))

@@ -1,0 +1,251 @@
+"""Training and evaluation speed, memory, quality and FLOP efficiency: embedtune vs sentence-transformers.
+
+Same model (Gemma-3-270M), same offline triplets (cleaned once, the same rows for both), same batch sizes
+(32 and 60), LoRA r 8 / alpha 32 / dropout 0.1 on q, k, v, o, EOS appended with last-token pooling, InfoNCE at
+temperature 0.05 (= MultipleNegativesRankingLoss scale 20), lr 5e-5, bf16, the same number of steps. Each
+side trains in its own subprocess (so that peak RSS is its own), alternating ours / peer per batch size.
+
+    .venv/bin/python benchmarks/compare_peer.py --data-dir ../shared/data [--quick]
+
+The last three lines are `ratio train_tokens_per_s X`, `ratio eval_speed X` and `ratio train_peak_rss X`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+QUICK_TASKS = ["sts17", "biosses", "stsbenchmark"]
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def matmul_peak_gflops(seconds: float = 3.0) -> float:
+    """bf16 matmul peak of this machine, measured now (best of several square products)."""
+    import torch
+
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+        a @ b
+        end = time.perf_counter() + seconds / 2
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def shared_triplets(data_dir: str, limit: int):
+    from embedtune.config import DataConfig
+    from embedtune.data.nli import load_triplets
+    from embedtune.data.sts import resolve_data_dir
+
+    triplets, _ = load_triplets(DataConfig(decontaminate=False), resolve_data_dir(data_dir), None)
+    return triplets[:limit]
+
+
+def write_triplets(path: Path, triplets) -> None:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["sent0", "sent1", "hard_neg"])
+        writer.writerows([t.anchor, t.positive, t.negative] for t in triplets)
+
+
+# ---- workers (one subprocess each) -------------------------------------------------------------------------
+
+def worker_ours(args) -> dict:
+    from embedtune.config import Config
+    from embedtune.training.trainer import METRICS, train
+
+    config = Config.from_dict({
+        "model": {"name": args.model},
+        "data": {"train_files": [args.triplets], "decontaminate": False},
+        "lora": {"targets": "attention"},
+        "train": {"output_dir": args.out_dir, "batch_size": args.batch, "max_steps": args.steps, "lr": 5e-5,
+                  "precision": "bf16", "eval_steps": 0, "save_steps": args.steps, "seed": 0},
+    }).validate()
+    final = train(config)
+    steps = [json.loads(line) for line in (Path(args.out_dir) / METRICS).read_text().splitlines()]
+    seconds = [e["seconds"] for e in steps if "loss" in e][args.warmup:]
+    return {"adapter": str(final), "seconds_per_step": sum(seconds) / len(seconds), "peak_rss_gb": peak_rss_gb(),
+            "final_loss": steps[-1]["loss"]}
+
+
+def worker_peer(args) -> dict:
+    import datasets
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments, losses, models)
+    from transformers import TrainerCallback
+
+    from embedtune.models.loading import resolve_model
+
+    folder = resolve_model(args.model).location
+    transformer = models.Transformer(folder)
+    transformer.auto_model = get_peft_model(transformer.auto_model, LoraConfig(
+        r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    eos = model.tokenizer.eos_token
+    rows = [line.split("\t") for line in Path(args.triplets).read_text(encoding="utf-8").splitlines()[1:]]
+    data = datasets.Dataset.from_dict({"anchor": [r[0] + eos for r in rows], "positive": [r[1] + eos for r in rows],
+                                       "negative": [r[2] + eos for r in rows]})
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.start)
+
+    training_args = SentenceTransformerTrainingArguments(
+        output_dir=args.out_dir, per_device_train_batch_size=args.batch, learning_rate=5e-5, max_steps=args.steps,
+        warmup_ratio=0.05, bf16=True, use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+        dataloader_drop_last=True)
+    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=data,
+                                         loss=losses.MultipleNegativesRankingLoss(model, scale=20.0),
+                                         callbacks=[StepTimer()])
+    result = trainer.train()
+    adapter = Path(args.out_dir) / "adapter"
+    transformer.auto_model.save_pretrained(adapter)
+    seconds = times[args.warmup:]
+    return {"adapter": str(adapter), "seconds_per_step": sum(seconds) / len(seconds), "peak_rss_gb": peak_rss_gb(),
+            "final_loss": result.training_loss}
+
+
+def worker_eval(args) -> dict:
+    """Quality of an adapter with one evaluator (ours) for both sides, so only the training differs."""
+    from embedtune.evaluation.sts import STSEvaluator
+    from embedtune.models.embedder import Embedder
+
+    evaluator = STSEvaluator.from_tasks(args.tasks, args.data_dir, show_progress=False)
+    result = evaluator(Embedder(args.model, adapter=args.adapter))
+    return {"average": result["average"], "tasks": {k: v["spearman"] for k, v in result["tasks"].items()}}
+
+
+def worker_eval_speed(args) -> dict:
+    sys.path.insert(0, str(HERE))
+    from eval_speed import run_peer
+
+    from embedtune.data.sts import load_sts, resolve_data_dir, resolve_tasks
+    from embedtune.evaluation.sts import STSEvaluator
+    from embedtune.models.embedder import Embedder
+    from embedtune.models.loading import resolve_model
+
+    datasets = [load_sts(t, resolve_data_dir(args.data_dir)) for t in resolve_tasks(args.tasks)]
+    if args.side == "ours":
+        evaluator = STSEvaluator(datasets, show_progress=False)
+        embedder = Embedder(args.model)
+        result = evaluator(embedder)
+        tokens = sum(map(len, embedder.tokenize(evaluator.unique_sentences)))
+        return {"seconds": result["seconds"], "tokens": tokens, "average": result["average"]}
+    scores, seconds = run_peer(resolve_model(args.model).location, datasets, 32)
+    return {"seconds": seconds, "average": sum(scores.values()) / len(scores)}
+
+
+WORKERS = {"ours": worker_ours, "peer": worker_peer, "eval": worker_eval, "eval_speed": worker_eval_speed}
+
+
+def spawn(kind: str, **options) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        command = [sys.executable, __file__, "--worker", kind, "--result", result.name]
+        for key, value in options.items():
+            if value is None:
+                continue
+            command += [f"--{key.replace('_', '-')}"] + ([str(v) for v in value] if isinstance(value, list)
+                                                         else [str(value)])
+        print(f"  running {kind} {options.get('side', '')} {options.get('batch', '')}".rstrip(), flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(Path(result.name).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and 3 STS sets: under 20 minutes")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 60])
+    # worker-only options
+    parser.add_argument("--worker", choices=WORKERS)
+    parser.add_argument("--result")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--out-dir")
+    parser.add_argument("--triplets")
+    parser.add_argument("--adapter")
+    parser.add_argument("--side")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--tasks", nargs="+")
+    args = parser.parse_args()
+    if args.worker:
+        Path(args.result).write_text(json.dumps(WORKERS[args.worker](args)))
+        return
+
+    steps = args.steps or (12 if args.quick else 100)
+    tasks = QUICK_TASKS if args.quick else None
+    work = Path(tempfile.mkdtemp(prefix="compare_peer-"))
+    triplets = shared_triplets(args.data_dir, limit=max(args.batches) * steps)
+    write_triplets(work / "triplets.tsv", triplets)
+    from embedtune.models.embedder import Embedder
+    from embedtune.training.trainer import non_embedding_parameters
+
+    probe = Embedder(args.model)
+    tokens_per_triplet = sum(len(x) for t in triplets for x in probe.tokenize([t.anchor, t.positive, t.negative])) \
+        / len(triplets)
+    n_params = non_embedding_parameters(probe.model)
+    del probe
+    peak = matmul_peak_gflops()
+    print(f"model {args.model}: {n_params / 1e6:.1f}M non-embedding parameters; {len(triplets)} triplets, "
+          f"{tokens_per_triplet:.1f} real tokens per triplet; bf16 matmul peak {peak:.0f} GFLOP/s; {steps} steps")
+
+    runs: dict[tuple[str, int], dict] = {}
+    for batch in args.batches:  # alternate: ours, peer, ours, peer
+        for side in ("ours", "peer"):
+            runs[side, batch] = spawn(side, model=args.model, batch=batch, steps=steps, triplets=work / "triplets.tsv",
+                                      out_dir=work / f"{side}-{batch}", warmup=min(2, steps - 1))
+    print("\ntraining")
+    print(f"{'side':<6}{'batch':>6}{'s/step':>9}{'real tok/s':>12}{'peak RSS GB':>13}{'GFLOP/s':>9}{'of peak':>9}")
+    for (side, batch), r in runs.items():
+        r["tokens_per_s"] = tokens_per_triplet * batch / r["seconds_per_step"]
+        r["gflops"] = 4 * n_params * r["tokens_per_s"] / 1e9
+        print(f"{side:<6}{batch:>6}{r['seconds_per_step']:>9.2f}{r['tokens_per_s']:>12.0f}{r['peak_rss_gb']:>13.2f}"
+              f"{r['gflops']:>9.0f}{100 * r['gflops'] / peak:>8.0f}%")
+
+    print("\nquality after the same steps (batch %d, one evaluator for both)" % args.batches[0])
+    quality = {side: spawn("eval", model=args.model, adapter=runs[side, args.batches[0]]["adapter"],
+                           data_dir=args.data_dir, tasks=tasks) for side in ("ours", "peer")}
+    for side, q in quality.items():
+        print(f"{side:<6} average {q['average']:.2f}  " + " ".join(f"{k} {v:.2f}" for k, v in q["tasks"].items()))
+
+    print("\nevaluation speed (%s)" % ("3 sets" if args.quick else "nine sets"))
+    speed = {side: spawn("eval_speed", model=args.model, side=side, data_dir=args.data_dir, tasks=tasks)
+             for side in ("ours", "peer")}
+    eval_gflops = 2 * n_params * speed["ours"]["tokens"] / speed["ours"]["seconds"] / 1e9
+    print(f"ours {speed['ours']['seconds']:.1f} s, peer {speed['peer']['seconds']:.1f} s; "
+          f"ours {eval_gflops:.0f} GFLOP/s = {100 * eval_gflops / peak:.0f}% of the bf16 matmul peak")
+
+    b = args.batches[0]
+    train_ratio = runs["ours", b]["tokens_per_s"] / runs["peer", b]["tokens_per_s"]
+    for batch in args.batches[1:]:
+        print(f"ratio train_tokens_per_s at batch {batch}: "
+              f"{runs['ours', batch]['tokens_per_s'] / runs['peer', batch]['tokens_per_s']:.2f}")
+    print(f"ratio train_tokens_per_s {train_ratio:.2f}")
+    print(f"ratio eval_speed {speed['peer']['seconds'] / speed['ours']['seconds']:.2f}")
+    print(f"ratio train_peak_rss {runs['ours', b]['peak_rss_gb'] / runs['peer', b]['peak_rss_gb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
