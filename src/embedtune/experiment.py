@@ -66,7 +66,8 @@ def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path)
         text += "".join(f"| {e['step']} | {next(iter(e['eval'].values())):.2f} |\n" for e in dev)
     data_report = out / "data_report.json"
     if data_report.is_file():
-        text += f"\nTraining data cleaning: `{data_report.read_text().strip()}`\n"
+        counts = json.loads(data_report.read_text())
+        text += "\nTraining data cleaning: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) + "\n"
     for plot in plots:
         text += f"\n![{plot.stem}]({plot.name})\n"
     return text

