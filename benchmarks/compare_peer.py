@@ -84,7 +84,6 @@ def worker_ours(args) -> dict:
 
 def worker_peer(args) -> dict:
     import datasets
-    import torch
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments, losses, models)

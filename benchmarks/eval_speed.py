@@ -12,7 +12,6 @@ import argparse
 import gc
 import time
 
-import numpy as np
 import torch
 
 from embedtune.data.sts import load_sts, resolve_data_dir, resolve_tasks

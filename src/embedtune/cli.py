@@ -5,7 +5,6 @@ Every flag defaults to 'not given', so that a YAML file passed with --config sup
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
