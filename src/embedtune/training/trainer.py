@@ -139,6 +139,26 @@ def eval_sentences(config: Config) -> set[str] | None:
     return sentences
 
 
+def mean_cosine(embedder: Embedder, ids: list[list[int]]) -> float:
+    """Mean cosine between embeddings of different texts: near 1 means every text looks alike to the model."""
+    with torch.no_grad():
+        vectors = embedder.embed_ids(ids)
+    cos = vectors @ vectors.T
+    n = len(ids)
+    return float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
+
+
+def warn_if_anisotropic(embedder: Embedder, data: TokenizedTriplets, lr: float) -> None:
+    """SmolLM2-135M's EOS states have mean cosine 0.93: InfoNCE starts at chance and LoRA at lr 5e-5 barely
+    moves it (docs/RESULTS.md). Say so at the start instead of after an hour of flat loss."""
+    similarity = mean_cosine(embedder, data.anchors[:32])
+    log.warning("base model: mean cosine between unrelated training sentences %.3f", similarity)
+    if similarity > 0.8 and lr < 2e-4:
+        log.warning("embeddings are nearly parallel (mean cosine %.2f > 0.8): at lr %g training may stall near "
+                    "chance; lr 2e-4 to 5e-4 trains such models (paper Table 4 found 5e-4 best for MiniCPM)",
+                    similarity, lr)
+
+
 def train(config: Config, embedder: Embedder | None = None) -> Path:
     """Train LoRA adapters contrastively; returns OUTPUT/final (the final adapter)."""
     t = config.train
@@ -165,6 +185,7 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
         embedder.model.enable_input_require_grads()
     embedder.model.train()
     data = tokenize_triplets(embedder, triplets)
+    warn_if_anisotropic(embedder, data, t.lr)
     loss_fn = InfoNCELoss(embedder, t.temperature, t.learnable_temperature, t.hard_negatives, t.chunk_tokens)
     params = trainable_parameters(embedder.model) + trainable_parameters(loss_fn)
     params = list({id(p): p for p in params}.values())
