@@ -11,6 +11,9 @@ from embedtune.export import discover_card_info, export_model
 from embedtune.models.embedder import Embedder
 
 MAX_LENGTH = 128
+# sentence-transformers runs the exported fp32 weights in fp32; compare with embedtune at the same precision
+# (on CPUs with AMX, embedtune's "auto" would pick bf16).
+FP32 = {"precision": "fp32"}
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -29,7 +32,8 @@ def tiny_export(tiny_model_dir, tiny_adapter_dir, tmp_path_factory):
 def test_sentence_transformers_gives_embedtune_vectors(tiny_export, tiny_model_dir, tiny_adapter_dir, tiny_texts):
     from sentence_transformers import SentenceTransformer
 
-    ours = Embedder(str(tiny_model_dir), adapter=str(tiny_adapter_dir), max_length=MAX_LENGTH).encode(tiny_texts)
+    ours = Embedder(str(tiny_model_dir), adapter=str(tiny_adapter_dir), max_length=MAX_LENGTH, **FP32)
+    ours = ours.encode(tiny_texts)
     model = SentenceTransformer(str(tiny_export), device="cpu")
     # Small batches mix lengths, so padding is exercised; ST must not need any extra argument.
     theirs = model.encode(tiny_texts, batch_size=3)
@@ -38,7 +42,7 @@ def test_sentence_transformers_gives_embedtune_vectors(tiny_export, tiny_model_d
     np.testing.assert_allclose(np.linalg.norm(theirs, axis=1), 1.0, atol=1e-5)  # Normalize module included
 
     # The adapter must matter, or this test could not tell a merged export from the base model.
-    base = Embedder(str(tiny_model_dir), max_length=MAX_LENGTH).encode(tiny_texts)
+    base = Embedder(str(tiny_model_dir), max_length=MAX_LENGTH, **FP32).encode(tiny_texts)
     assert cosines(base, ours).mean() < 0.99
 
 
@@ -74,8 +78,9 @@ def test_sentence_transformers_sees_plain_text_and_last_token_pooling(tiny_expor
 
 
 def test_embedtune_loads_the_export_too(tiny_export, tiny_model_dir, tiny_adapter_dir, tiny_texts):
-    ours = Embedder(str(tiny_model_dir), adapter=str(tiny_adapter_dir), max_length=MAX_LENGTH).encode(tiny_texts)
-    again = Embedder(str(tiny_export), max_length=MAX_LENGTH).encode(tiny_texts)
+    ours = Embedder(str(tiny_model_dir), adapter=str(tiny_adapter_dir), max_length=MAX_LENGTH, **FP32)
+    ours = ours.encode(tiny_texts)
+    again = Embedder(str(tiny_export), max_length=MAX_LENGTH, **FP32).encode(tiny_texts)
     assert cosines(ours, again).min() >= 0.9999
 
 
@@ -84,7 +89,7 @@ def test_prompt_is_baked_into_the_tokenizer(prompt, tiny_model_dir, tiny_texts, 
     from sentence_transformers import SentenceTransformer
 
     out = export_model(str(tiny_model_dir), None, tmp_path / "prompted", prompt=prompt, max_length=MAX_LENGTH)
-    ours = Embedder(str(tiny_model_dir), prompt=prompt, max_length=MAX_LENGTH).encode(tiny_texts)
+    ours = Embedder(str(tiny_model_dir), prompt=prompt, max_length=MAX_LENGTH, **FP32).encode(tiny_texts)
     theirs = SentenceTransformer(str(out), device="cpu").encode(tiny_texts, batch_size=4)
     assert cosines(ours, theirs).min() >= 0.9999
 
@@ -94,8 +99,8 @@ def test_adapter_only_export(tiny_model_dir, tiny_adapter_dir, tiny_texts, tmp_p
     names = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "embedtune_export.json"} <= names
     assert "model.safetensors" not in names
-    direct = Embedder(str(tiny_model_dir), adapter=str(tiny_adapter_dir)).encode(tiny_texts[:3])
-    copied = Embedder(str(tiny_model_dir), adapter=str(out)).encode(tiny_texts[:3])
+    direct = Embedder(str(tiny_model_dir), adapter=str(tiny_adapter_dir), **FP32).encode(tiny_texts[:3])
+    copied = Embedder(str(tiny_model_dir), adapter=str(out), **FP32).encode(tiny_texts[:3])
     np.testing.assert_allclose(direct, copied, atol=1e-6)
 
 
@@ -135,7 +140,7 @@ def test_export_per_architecture(tiny_arch_dir, tiny_texts, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     out = export_model(str(tiny_arch_dir), None, tmp_path / "arch", max_length=MAX_LENGTH)
-    ours = Embedder(str(tiny_arch_dir), max_length=MAX_LENGTH).encode(tiny_texts)
+    ours = Embedder(str(tiny_arch_dir), max_length=MAX_LENGTH, **FP32).encode(tiny_texts)
     theirs = SentenceTransformer(str(out), device="cpu").encode(tiny_texts, batch_size=4)
     assert cosines(ours, theirs).min() >= 0.9999
 
