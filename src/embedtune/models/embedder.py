@@ -99,6 +99,9 @@ class Embedder:
             # Trainable LoRA weights added later stay fp32 (peft upcasts adapters).
             self.model.to(self.dtype)
         self.pad_id = _pad_id(tokenizer)
+        config = self.model.config
+        self.causal = self.pooling == "eos" and config.model_type not in ENCODER_MODEL_TYPES and not (
+            getattr(config, "use_bidirectional_attention", False) or getattr(config, "is_encoder_decoder", False))
         if self.pooling == "eos":
             if tokenizer.eos_token_id is None:
                 raise ModelError(f"{self.name}: tokenizer has no EOS token, which eos pooling needs")
@@ -156,9 +159,15 @@ class Embedder:
     def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled, L2-normalised fp32 embeddings of one padded batch (keeps the graph when grad is on)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        inputs = batch
+        mask = batch["attention_mask"]
+        if self.causal and bool((mask[:, :-1] >= mask[:, 1:]).all()):
+            # Right padding in a causal model: real tokens never attend to the pads after them, so no mask is
+            # needed, and without one SDPA takes its is_causal kernels instead of a materialised mask.
+            inputs = {"input_ids": batch["input_ids"]}
         with self.autocast():
-            hidden = self.model(**batch).last_hidden_state
-        return F.normalize(pool(hidden.float(), batch["attention_mask"], self.pooling), dim=-1)
+            hidden = self.model(**inputs).last_hidden_state
+        return F.normalize(pool(hidden.float(), mask, self.pooling), dim=-1)
 
     def embed_ids(self, ids: Sequence[Sequence[int]], max_tokens: int = 4096, max_batch: int = 256) -> torch.Tensor:
         """Embed many token lists in length-sorted chunks (little padding); rows come back in input order."""
