@@ -382,7 +382,8 @@ def model_card(meta: dict, info: dict) -> str:
             lines.append(f"| **Average** | **{scores['average']:.2f} ± {scores.get('std', 0.0):.2f}** |")
         lines.append("")
     else:
-        lines += ["## STS scores", "", "Not recorded with this export (run `embedtune eval --model <this folder>`).", ""]
+        lines += ["## STS scores", "",
+                  "Not recorded with this export (run `embedtune eval --model <this folder>`).", ""]
     if info.get("config"):
         import yaml
 
