@@ -93,8 +93,11 @@ def worker_peer(args) -> dict:
 
     folder = resolve_model(args.model).location
     transformer = models.Transformer(folder)
-    transformer.auto_model = get_peft_model(transformer.auto_model, LoraConfig(
+    # get_peft_model injects the LoRA layers into the module in place; keep the wrapper to save the adapter
+    # (sentence-transformers 6's `auto_model` is a read-only view of `model`).
+    peft_model = get_peft_model(transformer.auto_model, LoraConfig(
         r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    assert any("lora_A" in n for n, _ in transformer.auto_model.named_parameters())
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
     model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
     eos = model.tokenizer.eos_token
@@ -119,7 +122,7 @@ def worker_peer(args) -> dict:
                                          callbacks=[StepTimer()])
     result = trainer.train()
     adapter = Path(args.out_dir) / "adapter"
-    transformer.auto_model.save_pretrained(adapter)
+    peft_model.save_pretrained(adapter)
     seconds = times[args.warmup:]
     return {"adapter": str(adapter), "seconds_per_step": sum(seconds) / len(seconds), "peak_rss_gb": peak_rss_gb(),
             "final_loss": result.training_loss}
