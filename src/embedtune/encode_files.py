@@ -46,9 +46,7 @@ def read_texts(input: str | Path, column: str = "text") -> list[str]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    text = read_text_strict(path)
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = read_text_strict(path).removeprefix("\ufeff")
     # Only \n, \r\n and \r end a line; str.splitlines would also split on form feeds and Unicode separators.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines and lines[-1] == "":

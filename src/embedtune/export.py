@@ -334,7 +334,7 @@ def _strip_paths(value: Any) -> Any:
         return {k: _strip_paths(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_strip_paths(v) for v in value]
-    if isinstance(value, str) and (value.startswith("/") or value.startswith("~")):
+    if isinstance(value, str) and (value.startswith(("/", "~"))):
         return Path(value).name
     return value
 
@@ -354,22 +354,23 @@ def model_card(meta: dict, info: dict) -> str:
               f"| pooling | {meta['pooling'] or 'model default'} |", f"| prompt | {meta['prompt']!r} |",
               f"| max tokens | {meta['max_length']} |"]
     if merged:
-        lines += [f"| dimensions | {meta.get('dimensions')} |", f"| EOS appended by the tokenizer | "
-                  f"{'yes' if meta['eos_appended'] else 'no'} |", "| similarity | cosine (vectors are L2-normalised) |"]
+        eos = "yes" if meta["eos_appended"] else "no"
+        lines += [f"| dimensions | {meta.get('dimensions')} |", f"| EOS appended by the tokenizer | {eos} |",
+                  "| similarity | cosine (vectors are L2-normalised) |"]
     lines.append("")
     if merged:
         lines += ["## Usage", "", "```python", "from sentence_transformers import SentenceTransformer", "",
                   "model = SentenceTransformer('path/to/this/folder')",
                   "vectors = model.encode(['A man is playing a guitar.', 'Someone plays an instrument.'])",
-                  "```", "", "The tokenizer appends the EOS token and applies the prompt itself: pass raw texts, "
-                  "no prompt and no chat template. The same vectors from embedtune:", "", "```bash",
+                  "```", "", ("The tokenizer appends the EOS token and applies the prompt itself: pass raw texts, "
+                              "no prompt and no chat template. The same vectors from embedtune:"), "", "```bash",
                   "embedtune encode --model path/to/this/folder --input texts.txt --output vectors.npy",
                   "embedtune serve --model path/to/this/folder   # OpenAI-compatible POST /v1/embeddings",
                   "```", ""]
     else:
         lines += ["## Usage", "", "A LoRA adapter (peft) for the base model; embedtune merges it at load time:", "",
-                  "```bash", f"embedtune encode --model {meta['base_model']} --adapter path/to/this/folder "
-                  "--input texts.txt --output vectors.npy", "```", ""]
+                  "```bash", (f"embedtune encode --model {_display_name(meta['base_model'])} "
+                              "--adapter path/to/this/folder --input texts.txt --output vectors.npy"), "```", ""]
     scores, base = info.get("scores"), info.get("base_scores")
     if scores:
         lines += ["## STS scores (Spearman x100)", ""]

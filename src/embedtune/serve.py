@@ -48,7 +48,7 @@ class ServeLimits:
     batch_wait_ms: float = 0.0  # extra wait for company before a model call (0: take what is already queued)
     dynamic_batching: bool = True  # False: one request per model call (the baseline the benchmark compares)
 
-    def validate(self) -> "ServeLimits":
+    def validate(self) -> ServeLimits:
         for name in ("max_batch_size", "max_items", "max_tokens", "max_request_bytes", "max_queue",
                      "max_batch_tokens"):
             if getattr(self, name) < 1:
@@ -135,7 +135,7 @@ class Batcher:
         self.model_calls = 0  # batches run (for /health and the benchmark)
         self._thread = threading.Thread(target=self._run, name="embedtune-batcher", daemon=True)
 
-    def start(self) -> "Batcher":
+    def start(self) -> Batcher:
         self.embedder.model.eval()
         self._thread.start()
         return self
@@ -242,7 +242,7 @@ class EmbeddingService:
         # Fast tokenizers are not safe to call from several threads at once ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
 
-    def start(self) -> "EmbeddingService":
+    def start(self) -> EmbeddingService:
         self.batcher.start()
         return self
 
@@ -402,7 +402,7 @@ class RunningServer:
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="embedtune-http", daemon=True)
 
-    def start(self, timeout: float = 30.0) -> "RunningServer":
+    def start(self, timeout: float = 30.0) -> RunningServer:
         if self._thread.is_alive() or self._server.started:
             return self  # already running (start_server() results are also context managers)
         self.service.start()
@@ -422,7 +422,7 @@ class RunningServer:
         self.service.stop()
         self._sock.close()
 
-    def __enter__(self) -> "RunningServer":
+    def __enter__(self) -> RunningServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
