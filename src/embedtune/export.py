@@ -7,7 +7,8 @@ exported tokenizer (tokenizer.json), because sentence-transformers does none of 
 * EOS: a TemplateProcessing post-processor appends the EOS token once, after the special tokens the tokenizer
   already adds (BOS for Gemma/Llama). Truncation leaves room for it, as embedtune does.
 * prompt: a `{}` template (or a plain prefix) becomes normalizers that prepend/append the prompt text to every
-  input before it is split into tokens, which is exactly embedtune's `prompt.replace('{}', text)`.
+  input before it is split into tokens, which is exactly embedtune's `prompt.replace('{}', text)`. (One
+  difference: the tokenizers library does not normalize an empty string, so "" gets no prompt there.)
 * no chat template: sentence-transformers would render texts through one (its "message" modality), so the
   exported tokenizer has none.
 * right padding: sentence-transformers passes no position ids, so left padding would shift the positions
