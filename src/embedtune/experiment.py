@@ -12,7 +12,7 @@ from pathlib import Path
 
 from embedtune.api import build_embedder
 from embedtune.config import Config
-from embedtune.evaluation.report import comparison_markdown, plot_training, read_metrics, write_eval_outputs
+from embedtune.evaluation.report import comparison_markdown, read_metrics, write_eval_outputs
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.training.trainer import METRICS, train
 
@@ -44,7 +44,7 @@ def run_experiment(config: Config) -> dict:
 
     report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"]}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plots = plot_training(out / METRICS, out)
+    plots = [p for p in (out / "loss.png", out / "dev_spearman.png") if p.is_file()]  # drawn by train()
     (out / "report.md").write_text(_report_markdown(config, report, plots, out))
     report["paths"] = {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}
     return report

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from embedtune.losses.infonce import InfoNCELoss, TripletBatch, _deduplicate
+from embedtune.losses.infonce import InfoNCELoss
 from embedtune.models.embedder import padding_aware_chunks
 
 
@@ -37,8 +37,7 @@ class CachedInfoNCELoss(InfoNCELoss):
         # Gives autograd a reason to call _ReplayChunks.backward; its own gradient is always zero.
         self._anchor = torch.zeros((), requires_grad=True)
 
-    def embed(self, batch: TripletBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        unique, inverse = _deduplicate(batch.texts())
+    def embed_unique(self, unique: list[list[int]]) -> torch.Tensor:
         chunks = padding_aware_chunks([len(x) for x in unique], self.mini_batch_tokens)
         rng_states, parts = [], []
         with torch.no_grad():
@@ -56,10 +55,7 @@ class CachedInfoNCELoss(InfoNCELoss):
                 start += len(chunk)
 
         order = torch.tensor([i for chunk in chunks for i in chunk])
-        vectors = _ReplayChunks.apply(self._anchor, cached, replay)[torch.argsort(order)][inverse]
-        n = len(batch.anchors)
-        negatives = vectors[2 * n:] if batch.negatives is not None and self.hard_negatives else None
-        return vectors[:n], vectors[n:2 * n], negatives
+        return _ReplayChunks.apply(self._anchor, cached, replay)[torch.argsort(order)]
 
 
 def _rng_state() -> tuple:

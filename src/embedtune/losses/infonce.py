@@ -89,10 +89,13 @@ class InfoNCELoss(nn.Module):
         log_scale = self.log_scale if self.log_scale is not None else self.fixed_log_scale
         return 1.0 / log_scale.clamp(max=math.log(100.0)).exp()
 
+    def embed_unique(self, unique: list[list[int]]) -> torch.Tensor:
+        """Vectors of distinct token lists, in order; the cached variant overrides only this."""
+        return self.embedder.embed_ids(unique, max_tokens=self.chunk_tokens)
+
     def embed(self, batch: TripletBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        texts = batch.texts()
-        unique, inverse = _deduplicate(texts)
-        vectors = self.embedder.embed_ids(unique, max_tokens=self.chunk_tokens)[inverse]
+        unique, inverse = _deduplicate(batch.texts())
+        vectors = self.embed_unique(unique)[inverse]
         n = len(batch.anchors)
         negatives = vectors[2 * n:] if batch.negatives is not None and self.hard_negatives else None
         return vectors[:n], vectors[n:2 * n], negatives
