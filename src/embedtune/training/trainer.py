@@ -25,6 +25,7 @@ from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.losses.infonce import InfoNCELoss, TripletBatch
 from embedtune.models.embedder import Embedder
+from embedtune.models.attention import training_attention
 from embedtune.models.lora import attach_lora, speed_up_lora, trainable_parameters
 from embedtune.training import checkpoint as ckpt
 
@@ -213,7 +214,8 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
         return ckpt.save_checkpoint(out, at_step, embedder.model, state, t.save_total_limit)
 
     bar = tqdm(total=steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
-    with stop_requests() as signals:
+    # training_attention: math attention for short texts (SDPA's CPU flash backward is slow on them).
+    with stop_requests() as signals, training_attention(embedder.model):
         while step < steps:
             batch = data.batch(batch_rows(step, len(data), t.batch_size, t.seed), t.hard_negatives)
             started = time.perf_counter()
