@@ -26,7 +26,7 @@ EVAL_FLAGS = {"tasks": ("eval", "tasks"), "batch_size": ("eval", "batch_size"), 
 TRAIN_FLAGS = {name: ("train", name) for name in (
     "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
     "temperature", "learnable_temperature", "hard_negatives", "gradient_checkpointing", "precision", "seed",
-    "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens")}
+    "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens", "packing")}
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
                 "tasks": ("eval", "tasks")}
@@ -61,6 +61,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "train_file", nargs="+", help="training files (triplets or NLI pairs); default: DATA_DIR/nli/triplets/*")
     for column in ("anchor_column", "positive_column", "negative_column"):
         _flag(p, column)
+    _switch(p, "packing", "pack each batch's texts into rows without padding (causal decoders; default on)")
     _switch(p, "decontaminate", "drop training rows whose sentences occur in the STS sets (default on)")
     _flag(p, "max_train_samples", type=int)
     _flag(p, "output_dir", required=True)

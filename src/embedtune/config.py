@@ -69,7 +69,8 @@ class TrainConfig:
     save_steps: int = 100
     save_total_limit: int = 2
     resume: bool = False
-    chunk_tokens: int = 4096  # token budget per forward chunk inside a contrastive batch
+    chunk_tokens: int = 4096  # token budget per forward call (padded chunk or packed row) inside a batch
+    packing: bool = True  # causal decoders: pack texts into rows without padding (models/packing.py)
     log_steps: int = 1
 
 

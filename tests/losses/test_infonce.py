@@ -93,7 +93,7 @@ def _loss_and_grads(loss_fn, batch, seed: int):
 def test_cached_loss_equals_plain_loss(tiny_model_dir, dropout, plain_chunk, cached_chunk):
     embedder = _lora_embedder(tiny_model_dir, dropout)
     batch = _batch(embedder)
-    plain = InfoNCELoss(embedder, chunk_tokens=plain_chunk)
+    plain = InfoNCELoss(embedder, chunk_tokens=plain_chunk, packing=False)  # the cached loss runs padded chunks
     cached = CachedInfoNCELoss(embedder, mini_batch_tokens=cached_chunk)
     loss_a, grads_a = _loss_and_grads(plain, batch, seed=7)
     loss_b, grads_b = _loss_and_grads(cached, batch, seed=7)
@@ -101,6 +101,19 @@ def test_cached_loss_equals_plain_loss(tiny_model_dir, dropout, plain_chunk, cac
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
     for name in grads_a:
         assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("row_tokens", [4096, 40])
+def test_packed_loss_equals_padded_loss(tiny_arch_dir, row_tokens):
+    embedder = _lora_embedder(tiny_arch_dir, 0.0)
+    batch = _batch(embedder)
+    assert embedder.packable
+    loss_a, grads_a = _loss_and_grads(InfoNCELoss(embedder, chunk_tokens=row_tokens, packing=False), batch, seed=7)
+    loss_b, grads_b = _loss_and_grads(InfoNCELoss(embedder, chunk_tokens=row_tokens, packing=True), batch, seed=7)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4), name
 
 
 def test_learnable_temperature_gets_a_gradient(tiny_model_dir):

@@ -73,12 +73,14 @@ class InfoNCELoss(nn.Module):
     """forward(batch) embeds the batch's texts once each, then hands the vectors to compute_loss_from_embeddings."""
 
     def __init__(self, embedder: Embedder, temperature: float = 0.05, learnable_temperature: bool = False,
-                 hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = False):
+                 hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = False,
+                 packing: bool = True):
         super().__init__()
         self.embedder = embedder
         self.hard_negatives = hard_negatives
         self.chunk_tokens = chunk_tokens
         self.gather_with_grad = gather_with_grad
+        self.packing = packing
         # Learn log(1/temperature) as CLIP does: positive by construction and well-scaled for the optimiser.
         log_scale = torch.tensor(math.log(1.0 / temperature))
         self.log_scale = nn.Parameter(log_scale) if learnable_temperature else None
@@ -91,6 +93,8 @@ class InfoNCELoss(nn.Module):
 
     def embed_unique(self, unique: list[list[int]]) -> torch.Tensor:
         """Vectors of distinct token lists, in order; the cached variant overrides only this."""
+        if self.packing and self.embedder.packable:
+            return self.embedder.embed_packed(unique, max_tokens=self.chunk_tokens)
         return self.embedder.embed_ids(unique, max_tokens=self.chunk_tokens)
 
     def embed(self, batch: TripletBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

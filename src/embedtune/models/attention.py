@@ -12,11 +12,13 @@ model's saved config never names it, so exports stay loadable anywhere.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 NAME = "embedtune_sdpa"
+PACKED_NAME = "embedtune_packed"  # see models/packing.py
+ATTENTION_NAMES = ("sdpa", NAME, PACKED_NAME)  # attention functions we may swap between
 MAX_MATH_LENGTH = 256  # measured crossover: math wins below ~256 keys, flash above
 
 
@@ -83,17 +85,27 @@ def register() -> None:
 
 
 @contextlib.contextmanager
-def training_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Use the short-text attention inside the block for models that run SDPA; others are left alone."""
-    configs = [m.config for m in model.modules()
-               if getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa"]
-    configs = list({id(c): c for c in configs}.values())
-    if configs:
-        register()
+def use_attention(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Run every config of the model that uses SDPA (or one of ours) with attention function `name` in the block;
+    the previous names come back afterwards."""
+    configs = swappable_configs(model)
+    before = [c._attn_implementation for c in configs]
     for config in configs:
-        config._attn_implementation = NAME
+        config._attn_implementation = name
     try:
         yield
     finally:
-        for config in configs:
-            config._attn_implementation = "sdpa"
+        for config, previous in zip(configs, before):
+            config._attn_implementation = previous
+
+
+def swappable_configs(model: torch.nn.Module) -> list:
+    found = {id(m.config): m.config for m in model.modules()
+             if getattr(getattr(m, "config", None), "_attn_implementation", None) in ATTENTION_NAMES}
+    return list(found.values())
+
+
+def training_attention(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Use the short-text attention inside the block for models that run SDPA; others are left alone."""
+    register()
+    return use_attention(model, NAME)

@@ -8,6 +8,7 @@ chat template.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from embedtune.errors import ConfigError, ModelError
+from embedtune.models.packing import can_pack, pack, packed_attention
 from embedtune.models.loading import DEFAULT_MODEL, load_base_model, load_tokenizer, resolve_model
 
+log = logging.getLogger(__name__)
 POOLINGS = ("eos", "mean", "cls")
 # Bidirectional encoders pool over all tokens; everything else is treated as a decoder LM (EOS pooling).
 ENCODER_MODEL_TYPES = frozenset(
@@ -99,6 +102,7 @@ class Embedder:
             # Trainable LoRA weights added later stay fp32 (peft upcasts adapters).
             self.model.to(self.dtype)
         self.pad_id = _pad_id(tokenizer)
+        self._packing_ok: bool | None = None
         config = self.model.config
         self.causal = self.pooling == "eos" and config.model_type not in ENCODER_MODEL_TYPES and not (
             getattr(config, "use_bidirectional_attention", False) or getattr(config, "is_encoder_decoder", False))
@@ -175,6 +179,46 @@ class Embedder:
         vectors = torch.cat([self.embed_batch(self.pad([ids[i] for i in chunk])) for chunk in chunks])
         order = torch.tensor([i for chunk in chunks for i in chunk], device=vectors.device)
         return vectors[torch.argsort(order)]
+
+    @property
+    def packable(self) -> bool:
+        """Whether embed_packed may run: causal EOS pooling on a model whose attention function we can swap."""
+        if self._packing_ok is None:
+            self._packing_ok = self.causal and can_pack(self.model) and self._packing_matches_padding()
+        return self._packing_ok
+
+    def embed_packed(self, ids: Sequence[Sequence[int]], max_tokens: int = 4096) -> torch.Tensor:
+        """As embed_ids, but texts run as packed rows of up to max_tokens real tokens: no padding anywhere
+        except inside attention (see models/packing.py). Causal EOS pooling only; check `packable` first."""
+        rows = packed_rows([len(x) for x in ids], max_tokens)
+        vectors = []
+        for groups in rows:
+            packing = pack(ids, groups).to(self.device)
+            with self.autocast(), packed_attention(self.model):
+                hidden = self.model(input_ids=packing.input_ids, position_ids=packing.position_ids,
+                                    use_cache=False, packing=packing).last_hidden_state
+            vectors.append(F.normalize(hidden[0, packing.last_index].float(), dim=-1))
+        order = torch.tensor([i for groups in rows for group in groups for i in group], device=self.device)
+        return torch.cat(vectors)[torch.argsort(order)]
+
+    def _packing_matches_padding(self) -> bool:
+        """Packing relies on the model passing keyword arguments down to attention; check once, fall back if not."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                ids = self.tokenize(EOS_CHECK_TEXTS)
+                padded = self.embed_batch(self.pad(ids))
+                packed = self.embed_packed(ids)
+            agree = float((padded * packed).sum(-1).min()) > 0.99
+        except (ModelError, TypeError) as err:
+            log.warning("%s: packed sequences unsupported (%s); using padded chunks", self.name, err)
+            return False
+        finally:
+            self.model.train(was_training)
+        if not agree:
+            log.warning("%s: packed and padded embeddings differ; using padded chunks", self.name)
+        return agree
 
     @torch.inference_mode()
     def encode(
@@ -261,6 +305,22 @@ def padding_aware_chunks(lengths: Sequence[int], max_tokens: int, overhead_token
         chunks.append(order[cut[j]:j])
         j = cut[j]
     return chunks[::-1]
+
+
+def packed_rows(lengths: Sequence[int], max_tokens: int, group_tokens: int = 2048) -> list[list[list[int]]]:
+    """Rows of attention groups: length-sorted texts grouped with little padding (attention pads within a
+    group), groups gathered into rows of at most max_tokens real tokens (one forward call each)."""
+    groups = padding_aware_chunks(lengths, min(group_tokens, max_tokens), overhead_tokens=16)
+    rows: list[list[list[int]]] = []
+    tokens = 0
+    for group in groups:
+        size = sum(lengths[i] for i in group)
+        if not rows or tokens + size > max_tokens:
+            rows.append([])
+            tokens = 0
+        rows[-1].append(group)
+        tokens += size
+    return rows
 
 
 def _strip_trailing(ids: Sequence[int], token: int) -> list[int]:

@@ -59,8 +59,8 @@ class SharedMaskDropout(nn.Module):
 
     On CPU, torch's dropout (bernoulli_) was ~16% of a training step: it draws one random number per element,
     three times over for q, k and v, which all read the same normed hidden state. Here one 64-bit draw gives
-    four 16-bit uniforms (keep probability resolved to 1/65536), and q/k/v reuse one mask for their common
-    input. Each branch still sees inputs dropped with probability p; the branches' masks are correlated.
+    four 16-bit uniforms (keep probability resolved to 1/65536), and q/k/v reuse one dropped copy of their
+    common input. Each branch still sees inputs dropped with probability p; the branches' masks are correlated.
     """
 
     def __init__(self, p: float, shared: dict):
@@ -76,8 +76,9 @@ class SharedMaskDropout(nn.Module):
             n = x.numel()
             bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
             keep = bits.view(torch.int16)[:n].view(x.shape) >= self.threshold
-            self.shared["input"], self.shared["mask"] = x, keep.to(x.dtype) / (1 - self.p)
-        return x * self.shared["mask"]
+            # The dropped input itself is shared too: one multiply and one saved tensor instead of three.
+            self.shared["input"], self.shared["output"] = x, x * (keep.to(x.dtype) / (1 - self.p))
+        return self.shared["output"]
 
 
 def speed_up_lora(model: nn.Module, under_autocast: bool) -> None:

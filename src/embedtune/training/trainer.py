@@ -187,7 +187,10 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
     embedder.model.train()
     data = tokenize_triplets(embedder, triplets)
     warn_if_anisotropic(embedder, data, t.lr)
-    loss_fn = InfoNCELoss(embedder, t.temperature, t.learnable_temperature, t.hard_negatives, t.chunk_tokens)
+    # Packing swaps the attention function only during the forward call; checkpointed blocks recompute in
+    # backward, outside it, so the two do not mix.
+    loss_fn = InfoNCELoss(embedder, t.temperature, t.learnable_temperature, t.hard_negatives, t.chunk_tokens,
+                          packing=t.packing and not t.gradient_checkpointing)
     params = trainable_parameters(embedder.model) + trainable_parameters(loss_fn)
     params = list({id(p): p for p in params}.values())
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)

@@ -1,0 +1,65 @@
+"""Padding-free packing: layout, rows, and the fallback when a model cannot take it."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from embedtune.errors import ModelError
+from embedtune.models import packing
+from embedtune.models.embedder import Embedder, packed_rows
+from embedtune.models.packing import pack
+
+TEXTS = ["A man is playing a guitar.", "x", "the quick brown fox jumps over the lazy dog " * 2, "hello world !"]
+
+
+def test_pack_restarts_positions_and_finds_each_last_token():
+    ids = [[5, 6, 7], [8], [9, 10]]
+    layout = pack(ids, [[0, 2], [1]])
+    assert layout.input_ids.tolist() == [[5, 6, 7, 9, 10, 8]]
+    assert layout.position_ids.tolist() == [[0, 1, 2, 0, 1, 0]]
+    assert layout.last_index.tolist() == [2, 4, 5]
+    first = layout.groups[0]
+    assert (first.start, first.end, first.n_texts, first.width) == (0, 5, 2, 3)
+    assert first.slots.tolist() == [0, 1, 2, 3, 4]
+    # second text of the group: keys beyond its 2 tokens are never attended
+    assert first.allowed[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
+
+
+def test_packed_rows_keep_every_text_once_under_the_token_budget():
+    lengths = [30, 5, 12, 12, 40, 3, 7, 25]
+    rows = packed_rows(lengths, max_tokens=50)
+    flat = sorted(i for row in rows for group in row for i in group)
+    assert flat == list(range(len(lengths)))
+    for row in rows:
+        assert sum(lengths[i] for group in row for i in group) <= 50 or sum(len(g) for g in row) == 1
+
+
+def test_packed_vectors_equal_padded_ones_and_the_config_is_restored(tiny_arch_dir):
+    embedder = Embedder(str(tiny_arch_dir), precision="fp32", device="cpu")
+    ids = embedder.tokenize(TEXTS)
+    with torch.no_grad():
+        padded = embedder.embed_ids(ids)
+        packed = embedder.embed_packed(ids, max_tokens=20)
+    assert torch.allclose(padded, packed, atol=1e-5)
+    assert embedder.model.config._attn_implementation == "sdpa"
+
+
+def test_a_model_that_cannot_pack_falls_back_with_a_warning(tiny_arch_dir, monkeypatch, caplog):
+    def refuse(module, *args, **kwargs):
+        raise ModelError("no packing here")
+
+    monkeypatch.setattr(packing, "packed_attention_forward", refuse)
+    embedder = Embedder(str(tiny_arch_dir), precision="fp32", device="cpu")
+    with caplog.at_level(logging.WARNING):
+        assert not embedder.packable
+    assert "padded chunks" in caplog.text
+    assert embedder.model.config._attn_implementation == "sdpa"
+
+
+def test_encoders_never_pack(tiny_tokenizer):
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64))
+    assert not Embedder(model, tokenizer=tiny_tokenizer, precision="fp32", device="cpu").packable
