@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import resource
+import sys
 import signal
 import time
 from contextlib import contextmanager
@@ -24,8 +26,9 @@ from embedtune.errors import TrainingError, TrainingStopped
 from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.losses.infonce import InfoNCELoss, TripletBatch
-from embedtune.models.embedder import Embedder
 from embedtune.models.attention import training_attention
+from embedtune.models.embedder import Embedder
+from embedtune.models.fused import fuse_gemma
 from embedtune.models.lora import attach_lora, speed_up_lora, trainable_parameters
 from embedtune.training import checkpoint as ckpt
 
@@ -77,6 +80,12 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, GiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 ** 3 if sys.platform == "darwin" else peak / 1024 ** 2
 
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:
@@ -180,6 +189,7 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
                                     precision=t.precision, trust_remote_code=m.trust_remote_code)
     embedder.model = attach_lora(embedder.model, config.lora)
     speed_up_lora(embedder.model, under_autocast=embedder.dtype != torch.float32)
+    fuse_gemma(embedder.model)  # Gemma's norms and GeGLU: same values, about half the saved activations
     if t.gradient_checkpointing:
         # With frozen inputs, checkpointed blocks would see no tensor that needs grad and LoRA would get none.
         embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -238,7 +248,7 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
             tokens_per_s = batch.n_tokens / seconds
             event = {"step": step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0],
                      "tokens_per_s": round(tokens_per_s, 1), "seconds": round(seconds, 3),
-                     "gflops": round(flops_per_token * tokens_per_s / 1e9, 1)}
+                     "gflops": round(flops_per_token * tokens_per_s / 1e9, 1), "peak_rss_gb": round(peak_rss_gb(), 3)}
             if t.learnable_temperature:
                 event["temperature"] = round(loss_fn.temperature.item(), 5)
             metrics.write(event)

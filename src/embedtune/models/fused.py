@@ -1,0 +1,85 @@
+"""Fused RMSNorm and GeGLU for Gemma-family models: same forward values, leaner backward.
+
+With LoRA on attention, most of a training step's memory is activations saved for backward, and in eager
+PyTorch Gemma's RMSNorm saves an fp32 copy of its input (2.5 KB per token at width 640) and its GeGLU saves
+four [tokens, 2048] tensors. Measured on Gemma-3-270M that was ~25 of ~55 KB per token and layer. These
+autograd functions save only their bf16 inputs (and the per-token inverse RMS), recompute the cheap parts in
+backward, and run fewer elementwise ops. Forward values are bit-identical to transformers' modules.
+
+`fuse_gemma(model)` swaps the forward of every matching module whose own weights are frozen; other
+architectures, trainable norms and other activations are left alone.
+"""
+from __future__ import annotations
+
+import functools
+import types
+
+import torch
+import torch.nn.functional as F
+
+GEMMA_NORMS = {"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm"}  # y = x / rms(x) * (1 + w), in fp32
+GEMMA_MLPS = {"GemmaMLP", "Gemma2MLP", "Gemma3MLP"}  # down(act(gate(x)) * up(x))
+
+
+class GemmaRMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, rstd, scale)
+        return (x32 * rstd * scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        x, rstd, scale = ctx.saved_tensors
+        normed = x.float() * rstd
+        g = grad.float() * scale
+        # d/dx of x * rstd(x): rstd * (g - normed * mean(g * normed))
+        dx = (g - normed * (g * normed).mean(-1, keepdim=True)) * rstd
+        return dx.to(x.dtype), None, None
+
+
+class GeGLUFunction(torch.autograd.Function):
+    """gelu_tanh(gate) * up, saving only gate and up."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.gelu(gate, approximate="tanh") * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gate, up = ctx.saved_tensors
+        d_up = grad * F.gelu(gate, approximate="tanh")
+        d_gate = torch.ops.aten.gelu_backward(grad * up, gate, approximate="tanh")
+        return d_gate, d_up
+
+
+def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return GemmaRMSNormFunction.apply(x, 1.0 + self.weight.float(), self.eps)
+
+
+def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(GeGLUFunction.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+def _is_tanh_gelu(mlp: torch.nn.Module) -> bool:
+    """transformers' gelu_pytorch_tanh: torch's C tanh-GELU (not the pure-Python variant, which rounds apart)."""
+    act = getattr(mlp, "act_fn", None)
+    inner = getattr(act, "act", None)
+    return (type(act).__name__ in {"GELUTanh", "PytorchGELUTanh"} and isinstance(inner, functools.partial)
+            and inner.func is F.gelu and inner.keywords.get("approximate") == "tanh")
+
+
+def fuse_gemma(model: torch.nn.Module) -> int:
+    """Swap in the fused forwards where they apply; returns how many modules changed."""
+    changed = 0
+    for module in model.modules():
+        name = type(module).__name__
+        if name in GEMMA_NORMS and not module.weight.requires_grad and hasattr(module, "eps"):
+            module.forward = types.MethodType(_norm_forward, module)
+            changed += 1
+        elif name in GEMMA_MLPS and _is_tanh_gelu(module):
+            module.forward = types.MethodType(_mlp_forward, module)
+            changed += 1
+    return changed

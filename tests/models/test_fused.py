@@ -1,0 +1,49 @@
+"""Fused Gemma RMSNorm/GeGLU: identical forward values, the same gradients, only where they apply."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embedtune.config import LoraConfig
+from embedtune.models.embedder import Embedder
+from embedtune.models.fused import fuse_gemma
+from embedtune.models.lora import attach_lora
+
+TEXTS = ["A man is playing a guitar.", "x", "the quick brown fox jumps over the lazy dog", "hello world !"]
+
+
+def vectors_and_grads(embedder: Embedder) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    embedder.model.zero_grad(set_to_none=True)
+    vectors = embedder.embed_batch(embedder.pad(embedder.tokenize(TEXTS)))
+    (vectors * torch.linspace(-1, 1, vectors.shape[1])).sum().backward()
+    return vectors.detach(), {n: p.grad.clone() for n, p in embedder.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_gemma_matches_transformers(tiny_arch_dir, precision):
+    embedder = Embedder(str(tiny_arch_dir), precision=precision, device="cpu")
+    embedder.model = attach_lora(embedder.model, LoraConfig(dropout=0.0))
+    with torch.no_grad():  # non-zero lora_B so that gradients flow through every layer
+        for name, p in embedder.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    embedder.model.train()
+    vectors, grads = vectors_and_grads(embedder)
+    changed = fuse_gemma(embedder.model)
+    if "gemma" not in embedder.model.config.model_type:
+        assert changed == 0
+        return
+    assert changed == 2 * (4 + 2 + 1) + 1  # per layer 4 norms + q/k norms + the MLP; the final norm
+    fused, fused_grads = vectors_and_grads(embedder)
+    assert torch.equal(fused, vectors)  # forward values are bit-identical
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    for name, grad in grads.items():
+        assert torch.allclose(fused_grads[name], grad, atol=tolerance, rtol=tolerance), name
+
+
+def test_trainable_norms_are_left_alone(tiny_arch_dir):
+    embedder = Embedder(str(tiny_arch_dir), precision="fp32", device="cpu")
+    if "gemma" not in embedder.model.config.model_type:
+        pytest.skip("Gemma only")
+    changed = fuse_gemma(embedder.model)  # plain model: every weight trainable, only the MLPs qualify
+    assert changed == 2
