@@ -2,17 +2,26 @@
 
     .venv/bin/python benchmarks/levers.py --data-dir ../shared/data [--steps 5] [--batch 32]
 
-Training (Gemma-3-270M, LoRA r 8 on q/k/v/o, batch of triplets, best of N steps after one warm-up):
+Training (Gemma-3-270M, LoRA r 8 on q/k/v/o, batch of triplets, forward + backward per step):
+  one model per variant, best of N steps after one warm-up:
   baseline    fp32 weights + bf16 autocast, whole contrastive batch as one padded chunk, torch dropout
   +chunks     padding-aware length-grouped chunks inside the contrastive batch
   +bf16       frozen weights stored in bf16 (no per-call weight casts)
-  +dropout    cheaper LoRA dropout mask, shared by q/k/v (embedtune's default path = all levers)
+  +dropout    cheaper LoRA dropout mask, shared by q/k/v
+  then one model, the variants alternating step by step on the same batches (median and best of N rounds):
+  +dropout    as above (the reference of this part)
+  +math-attn  matmul + softmax attention instead of SDPA's flash kernel for short texts
+  +packing    the batch's texts packed into one row, no padding (attention per group of texts)
+  +fused      Gemma's RMSNorm and GeGLU as fused autograd functions (embedtune's default path = all levers)
 Evaluation (3,000 unique STSBenchmark/SICK-R sentences): fp32, bf16 autocast, bf16 weights.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -22,6 +31,8 @@ from embedtune.data.sts import STS_TASKS, load_sts, resolve_data_dir
 from embedtune.losses.infonce import InfoNCELoss
 from embedtune.models import embedder as embedder_module
 from embedtune.models.embedder import Embedder
+from embedtune.models.attention import training_attention
+from embedtune.models.fused import fuse_gemma
 from embedtune.models.lora import attach_lora, speed_up_lora
 from embedtune.training.trainer import batch_rows, tokenize_triplets
 
@@ -41,7 +52,7 @@ def train_step_seconds(model: str, triplets, batch: int, steps: int, chunks: boo
         speed_up_lora(embedder.model, under_autocast=True)
     embedder.model.train()
     data = tokenize_triplets(embedder, triplets)
-    loss_fn = InfoNCELoss(embedder)
+    loss_fn = InfoNCELoss(embedder, packing=False)
     params = [p for p in embedder.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5)
     original = embedder_module.padding_aware_chunks
@@ -58,6 +69,46 @@ def train_step_seconds(model: str, triplets, batch: int, steps: int, chunks: boo
     finally:
         embedder_module.padding_aware_chunks = original
     return min(times[1:])
+
+
+@contextlib.contextmanager
+def lever_state(embedder: Embedder, loss_fn: InfoNCELoss, level: int) -> Iterator[None]:
+    """Levels: 0 +dropout, 1 +math-attn, 2 +packing, 3 +fused."""
+    loss_fn.packing = level >= 2
+    if level >= 3:
+        fuse_gemma(embedder.model)
+    try:
+        with training_attention(embedder.model) if level >= 1 else contextlib.nullcontext():
+            yield
+    finally:
+        for module in embedder.model.modules():  # undo fuse_gemma: drop the instance-level forwards
+            if level >= 3 and "forward" in module.__dict__:
+                del module.forward
+
+
+def paired_levers(model: str, triplets, batch: int, rounds: int) -> None:
+    embedder = Embedder(model, precision="bf16")
+    embedder.model = attach_lora(embedder.model, Config().lora)
+    speed_up_lora(embedder.model, under_autocast=True)
+    embedder.model.train()
+    data = tokenize_triplets(embedder, triplets)
+    loss_fn = InfoNCELoss(embedder)
+    names = ["+dropout", "+math-attn", "+packing", "+fused"]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for step in range(rounds + 1):
+        for level, name in enumerate(names):
+            with lever_state(embedder, loss_fn, level):
+                start = time.perf_counter()
+                loss_fn(data.batch(batch_rows(step, len(data), batch, 0), True)).backward()
+                embedder.model.zero_grad(set_to_none=True)
+                if step:  # the first round warms up
+                    times[name].append(time.perf_counter() - start)
+    print(f"training, batch {batch}, one model, levers alternating step by step, {rounds} rounds")
+    base = statistics.median(times[names[0]])
+    for name in names:
+        median = statistics.median(times[name])
+        print(f"  {name:<10} {median:6.2f} s/step median  {min(times[name]):6.2f} best  x{base / median:.2f}",
+              flush=True)
 
 
 def main() -> None:
@@ -79,6 +130,8 @@ def main() -> None:
         seconds = train_step_seconds(args.model, triplets, args.batch, args.steps, chunks, bf16, dropout)
         base = base or seconds
         print(f"  {name:<10} {seconds:6.2f} s/step  x{base / seconds:.2f}", flush=True)
+
+    paired_levers(args.model, triplets, args.batch, args.steps)
 
     sentences = load_sts(STS_TASKS["stsbenchmark"], data_dir).sentences1 + load_sts(STS_TASKS["sickr"], data_dir).sentences1
     texts = list(dict.fromkeys(sentences))[:3000]

@@ -37,10 +37,11 @@ def test_yaml_then_flags(tmp_path):
     config = Config.from_yaml(path)
     assert (config.model.name, config.train.lr, config.train.batch_size) == ("some/model", 2e-4, 16)
     args = build_parser().parse_args(["train", "--config", str(path), "--output-dir", "o", "--lr", "5e-5",
-                                      "--no-hard-negatives", "--lora-targets", "qv"])
+                                      "--no-hard-negatives", "--lora-targets", "qv", "--no-packing"])
     config = config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS)
     assert config.train.lr == 5e-5 and config.train.batch_size == 16  # flag wins, file fills the rest
     assert config.train.hard_negatives is False and config.lora.targets == "qv"
+    assert config.train.packing is False and Config().train.packing is True
     assert config.train.output_dir == "o"
 
 

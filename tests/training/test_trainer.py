@@ -77,7 +77,8 @@ def test_metrics_and_dev_evaluation(tiny_model_dir, tiny_data_dir, tmp_path):
     steps = [e for e in events if "loss" in e]
     evals = [e for e in events if "eval" in e]
     assert [e["step"] for e in steps] == [1, 2, 3, 4]
-    assert all({"loss", "lr", "tokens_per_s"} <= e.keys() for e in steps)
+    assert all({"loss", "lr", "tokens_per_s", "gflops", "peak_rss_gb"} <= e.keys() for e in steps)
+    assert all(0.05 < e["peak_rss_gb"] < 64 for e in steps)
     assert [e["step"] for e in evals] == [2, 4]
     assert all(-100 <= e["eval"]["stsbenchmark-dev"] <= 100 for e in evals)
     assert (out / "best" / "adapter_config.json").is_file()

@@ -310,7 +310,9 @@ def padding_aware_chunks(lengths: Sequence[int], max_tokens: int, overhead_token
 def packed_rows(lengths: Sequence[int], max_tokens: int, group_tokens: int = 2048) -> list[list[list[int]]]:
     """Rows of attention groups: length-sorted texts grouped with little padding (attention pads within a
     group), groups gathered into rows of at most max_tokens real tokens (one forward call each)."""
-    groups = padding_aware_chunks(lengths, min(group_tokens, max_tokens), overhead_tokens=16)
+    # A group costs ~15 small ops per layer and pass; padding inside attention is cheap. Measured at batch 32 on
+    # Gemma-3-270M (paired steps): overhead 16 -> ~8 groups, 2.47 s/step; 256 -> 2-3 groups, 2.06 s/step.
+    groups = padding_aware_chunks(lengths, min(group_tokens, max_tokens), overhead_tokens=256)
     rows: list[list[list[int]]] = []
     tokens = 0
     for group in groups:
