@@ -210,7 +210,9 @@ class Embedder:
                 ids = self.tokenize(EOS_CHECK_TEXTS)
                 padded = self.embed_batch(self.pad(ids))
                 packed = self.embed_packed(ids)
-            agree = float((padded * packed).sum(-1).min()) > 0.99
+            # bf16 rounding differs with the shapes (cosines ~0.98 on real models); a model that ignores the
+            # layout lands far lower.
+            agree = float((padded * packed).sum(-1).min()) > 0.95
         except (ModelError, TypeError) as err:
             log.warning("%s: packed sequences unsupported (%s); using padded chunks", self.name, err)
             return False
