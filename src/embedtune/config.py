@@ -17,6 +17,7 @@ from embedtune.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 POOLINGS = ("eos", "mean", "cls")
+LOSSES = ("infonce", "cached")
 LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
 
 
@@ -71,6 +72,8 @@ class TrainConfig:
     resume: bool = False
     chunk_tokens: int = 4096  # token budget per forward call (padded chunk or packed row) inside a batch
     packing: bool = True  # causal decoders: pack texts into rows without padding (models/packing.py)
+    loss: str = "infonce"  # infonce | cached (GradCache: one mini-batch's activations at a time, ~1 extra forward)
+    mini_batch_tokens: int = 1024  # cached loss: tokens per mini-batch
     log_steps: int = 1
 
 
@@ -138,6 +141,8 @@ class Config:
             (t.save_steps >= 1, f"train.save_steps must be >= 1, got {t.save_steps}"),
             (t.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {t.save_total_limit}"),
             (t.chunk_tokens >= 16, f"train.chunk_tokens must be >= 16, got {t.chunk_tokens}"),
+            (t.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got '{t.loss}'"),
+            (t.mini_batch_tokens >= 16, f"train.mini_batch_tokens must be >= 16, got {t.mini_batch_tokens}"),
             (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got '{t.precision}'"),
             (self.eval.precision in PRECISIONS, f"eval.precision must be one of {', '.join(PRECISIONS)}"),
             (self.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.eval.batch_size}"),

@@ -37,20 +37,26 @@ class CachedInfoNCELoss(InfoNCELoss):
         # Gives autograd a reason to call _ReplayChunks.backward; its own gradient is always zero.
         self._anchor = torch.zeros((), requires_grad=True)
 
+    def embed_chunk(self, ids: list[list[int]]) -> torch.Tensor:
+        """One mini-batch: a packed row where the model allows it, else one padded batch (same call both passes)."""
+        if self.packing and self.embedder.packable:
+            return self.embedder.embed_packed(ids, max_tokens=max(self.mini_batch_tokens, max(map(len, ids))))
+        return self.embedder.embed_batch(self.embedder.pad(ids))
+
     def embed_unique(self, unique: list[list[int]]) -> torch.Tensor:
         chunks = padding_aware_chunks([len(x) for x in unique], self.mini_batch_tokens)
         rng_states, parts = [], []
         with torch.no_grad():
             for chunk in chunks:
                 rng_states.append(_rng_state())
-                parts.append(self.embedder.embed_batch(self.embedder.pad([unique[i] for i in chunk])))
+                parts.append(self.embed_chunk([unique[i] for i in chunk]))
         cached = torch.cat(parts)
 
         def replay(grad: torch.Tensor) -> None:
             start = 0
             for chunk, state in zip(chunks, rng_states):
                 _set_rng_state(state)
-                vectors = self.embedder.embed_batch(self.embedder.pad([unique[i] for i in chunk]))
+                vectors = self.embed_chunk([unique[i] for i in chunk])
                 vectors.backward(grad[start:start + len(chunk)])
                 start += len(chunk)
 

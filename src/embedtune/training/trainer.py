@@ -25,6 +25,7 @@ from embedtune.data.sts import STS_TASKS, load_sts, resolve_data_dir, resolve_ta
 from embedtune.errors import TrainingError, TrainingStopped
 from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
+from embedtune.losses.gradcache import CachedInfoNCELoss
 from embedtune.losses.infonce import InfoNCELoss, TripletBatch
 from embedtune.models.attention import training_attention
 from embedtune.models.embedder import Embedder
@@ -169,6 +170,18 @@ def warn_if_anisotropic(embedder: Embedder, data: TokenizedTriplets, lr: float) 
                     similarity, lr)
 
 
+def build_loss(config: Config, embedder: Embedder) -> InfoNCELoss:
+    t = config.train
+    # Packing swaps the attention function only during the forward call; checkpointed blocks recompute in
+    # backward, outside it, so the two do not mix.
+    options = dict(temperature=t.temperature, learnable_temperature=t.learnable_temperature,
+                   hard_negatives=t.hard_negatives, chunk_tokens=t.chunk_tokens,
+                   packing=t.packing and not t.gradient_checkpointing)
+    if t.loss == "cached":
+        return CachedInfoNCELoss(embedder, mini_batch_tokens=t.mini_batch_tokens, **options)
+    return InfoNCELoss(embedder, **options)
+
+
 def train(config: Config, embedder: Embedder | None = None) -> Path:
     """Train LoRA adapters contrastively; returns OUTPUT/final (the final adapter)."""
     t = config.train
@@ -197,10 +210,7 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
     embedder.model.train()
     data = tokenize_triplets(embedder, triplets)
     warn_if_anisotropic(embedder, data, t.lr)
-    # Packing swaps the attention function only during the forward call; checkpointed blocks recompute in
-    # backward, outside it, so the two do not mix.
-    loss_fn = InfoNCELoss(embedder, t.temperature, t.learnable_temperature, t.hard_negatives, t.chunk_tokens,
-                          packing=t.packing and not t.gradient_checkpointing)
+    loss_fn = build_loss(config, embedder)
     params = trainable_parameters(embedder.model) + trainable_parameters(loss_fn)
     params = list({id(p): p for p in params}.values())
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
