@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from embedtune.config import Config
+from embedtune.config import LOSSES, Config
 from embedtune.errors import EmbedtuneError, TrainingStopped
 
 # flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
@@ -26,7 +26,8 @@ EVAL_FLAGS = {"tasks": ("eval", "tasks"), "batch_size": ("eval", "batch_size"), 
 TRAIN_FLAGS = {name: ("train", name) for name in (
     "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
     "temperature", "learnable_temperature", "hard_negatives", "gradient_checkpointing", "precision", "seed",
-    "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens", "packing", "loss", "mini_batch_tokens")}
+    "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens", "packing", "loss",
+    "mini_batch_tokens")}
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
                 "tasks": ("eval", "tasks")}
@@ -68,11 +69,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     for name, kind in (("batch_size", int), ("lr", float), ("epochs", int), ("max_steps", int),
                        ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
                        ("temperature", float), ("seed", int), ("eval_steps", int), ("save_steps", int),
-                       ("save_total_limit", int), ("chunk_tokens", int), ("mini_batch_tokens", int), ("lora_r", int), ("lora_alpha", int),
-                       ("lora_dropout", float), ("eval_batch_size", int)):
+                       ("save_total_limit", int), ("chunk_tokens", int), ("mini_batch_tokens", int),
+                       ("lora_r", int), ("lora_alpha", int), ("lora_dropout", float), ("eval_batch_size", int)):
         _flag(p, name, type=kind)
     _flag(p, "precision", choices=["auto", "bf16", "fp32"])
-    _flag(p, "loss", choices=["infonce", "cached"],
+    _flag(p, "loss", choices=LOSSES,
           help="cached = GradCache: same loss and gradients, one mini-batch's activations in memory at a time")
     _flag(p, "lora_targets", help="attention (q,k,v,o; default) | qv | all-linear | comma-separated module names")
     _flag(p, "tasks", nargs="+", help="STS tasks for `run` (default: all nine)")
@@ -93,8 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "tasks", nargs="+", help="subset of: sts12 sts13 sts14 sts15 sts16 sts17 stsbenchmark biosses sickr")
     _flag(p, "batch_size", type=int)
     _flag(p, "precision", choices=["auto", "bf16", "fp32"])
-    _flag(p, "loss", choices=["infonce", "cached"],
-          help="cached = GradCache: same loss and gradients, one mini-batch's activations in memory at a time")
     _flag(p, "output", help="results JSON (a Markdown table is written beside it)")
     _flag(p, "config", help="YAML config file")
 

@@ -40,7 +40,8 @@ class CachedInfoNCELoss(InfoNCELoss):
     def embed_chunk(self, ids: list[list[int]]) -> torch.Tensor:
         """One mini-batch: a packed row where the model allows it, else one padded batch (same call both passes)."""
         if self.packing and self.embedder.packable:
-            return self.embedder.embed_packed(ids, max_tokens=max(self.mini_batch_tokens, max(map(len, ids))))
+            # One row: a mini-batch's real tokens fit its budget (a lone longer text gets a row of its own).
+            return self.embedder.embed_packed(ids, max_tokens=self.mini_batch_tokens)
         return self.embedder.embed_batch(self.embedder.pad(ids))
 
     def embed_unique(self, unique: list[list[int]]) -> torch.Tensor:

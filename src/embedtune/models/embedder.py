@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from embedtune.errors import ConfigError, ModelError
-from embedtune.models.packing import can_pack, pack, packed_attention
 from embedtune.models.loading import DEFAULT_MODEL, load_base_model, load_tokenizer, resolve_model
+from embedtune.models.packing import can_pack, pack, packed_attention
 
 log = logging.getLogger(__name__)
 POOLINGS = ("eos", "mean", "cls")

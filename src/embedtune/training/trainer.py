@@ -8,8 +8,8 @@ import json
 import logging
 import math
 import resource
-import sys
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
