@@ -26,6 +26,35 @@ def test_pack_restarts_positions_and_finds_each_last_token():
     assert first.allowed[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
 
 
+def test_padded_slots_gather_from_a_zero_row_and_the_tail_rounds_the_row():
+    ids = [[5, 6, 7], [8], [9, 10]]
+    layout = pack(ids, [[0, 2], [1]], multiple=8, pad_id=0)
+    assert layout.input_ids.tolist() == [[5, 6, 7, 9, 10, 8, 0, 0]]
+    assert layout.position_ids.tolist() == [[0, 1, 2, 0, 1, 0, 0, 1]]
+    assert layout.tail == 2 and layout.last_index.tolist() == [2, 4, 5]
+    # group 0 pads text 2 (2 tokens) to width 3: its third slot reads the zero row one past the span (5)
+    assert layout.groups[0].sources.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_tail_padding_changes_no_vector_and_no_gradient(tiny_arch_dir):
+    embedder = Embedder(str(tiny_arch_dir), precision="fp32", device="cpu")
+    ids = embedder.tokenize(TEXTS)
+    results = []
+    for multiple in (1, 64):
+        embedder.model.zero_grad()
+        layout = pack(ids, [list(range(len(ids)))], multiple, embedder.pad_id)
+        with packing.packed_attention(embedder.model):
+            hidden = embedder.model(input_ids=layout.input_ids, position_ids=layout.position_ids, use_cache=False,
+                                    packing=layout).last_hidden_state
+        hidden[0, layout.last_index].square().sum().backward()
+        grads = [p.grad.clone() for p in embedder.model.parameters() if p.grad is not None]
+        results.append((hidden[0, layout.last_index].detach(), grads, layout.input_ids.shape[1]))
+    (plain, plain_grads, n_plain), (padded, padded_grads, n_padded) = results
+    assert n_padded == 64 and n_plain < 64
+    assert torch.allclose(plain, padded, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain_grads, padded_grads))
+
+
 def test_packed_rows_keep_every_text_once_under_the_token_budget():
     lengths = [30, 5, 12, 12, 40, 3, 7, 25]
     rows = packed_rows(lengths, max_tokens=50)

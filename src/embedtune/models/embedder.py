@@ -28,6 +28,7 @@ ENCODER_MODEL_TYPES = frozenset(
      "modernbert", "nomic_bert", "albert"}
 )
 EOS_CHECK_TEXTS = ("A man is playing a guitar.", "x", "The quick brown fox jumps over the lazy dog " * 3)
+PACKED_ROW_MULTIPLE = 64  # packed rows are padded to a multiple of this many tokens (see models/packing.pack)
 
 
 def default_pooling(model_type: str) -> str:
@@ -77,6 +78,7 @@ class Embedder:
         device: str | torch.device | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = resolve_precision(precision, self.device)
         if isinstance(model, torch.nn.Module):
             if tokenizer is None:
                 raise ConfigError("an Embedder built from a model object needs its tokenizer")
@@ -86,7 +88,8 @@ class Embedder:
             source = resolve_model(model or DEFAULT_MODEL)
             self.name = source.name
             tokenizer = tokenizer or load_tokenizer(source, trust_remote_code)
-            self.model = load_base_model(source, trust_remote_code)
+            # Loaded straight in the working dtype: an fp32 copy first would double the load-time peak.
+            self.model = load_base_model(source, trust_remote_code, dtype=self.dtype)
         self.tokenizer = tokenizer
         if adapter:
             self.model = _attach_adapter(self.model, adapter)
@@ -96,7 +99,6 @@ class Embedder:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not '{self.pooling}'")
         self.prompt = prompt
         self.max_length = max_length
-        self.dtype = resolve_precision(precision, self.device)
         if self.dtype != torch.float32:
             # Weights stored in bf16: half the memory traffic and no per-call weight casts under autocast.
             # Trainable LoRA weights added later stay fp32 (peft upcasts adapters).
@@ -193,7 +195,7 @@ class Embedder:
         rows = packed_rows([len(x) for x in ids], max_tokens)
         vectors = []
         for groups in rows:
-            packing = pack(ids, groups).to(self.device)
+            packing = pack(ids, groups, PACKED_ROW_MULTIPLE, self.pad_id).to(self.device)
             with self.autocast(), packed_attention(self.model):
                 hidden = self.model(input_ids=packing.input_ids, position_ids=packing.position_ids,
                                     use_cache=False, packing=packing).last_hidden_state

@@ -54,6 +54,21 @@ def trainable_parameters(module: nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+class KeepMask(torch.autograd.Function):
+    """x * keep * scale that saves the boolean mask for backward (1 byte an element, not a bf16 copy of it)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x * keep * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return grad * keep * ctx.scale, None, None
+
+
 class SharedMaskDropout(nn.Module):
     """Dropout that draws its mask 4x cheaper and shares it between LoRA branches fed the same tensor.
 
@@ -77,7 +92,7 @@ class SharedMaskDropout(nn.Module):
             bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
             keep = bits.view(torch.int16)[:n].view(x.shape) >= self.threshold
             # The dropped input itself is shared too: one multiply and one saved tensor instead of three.
-            self.shared["input"], self.shared["output"] = x, x * (keep.to(x.dtype) / (1 - self.p))
+            self.shared["input"], self.shared["output"] = x, KeepMask.apply(x, keep, 1 / (1 - self.p))
         return self.shared["output"]
 
 

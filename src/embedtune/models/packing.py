@@ -32,12 +32,16 @@ class AttentionGroup:
     n_texts: int
     width: int
     allowed: torch.Tensor  # [texts, 1, width, width] causal mask over each text's real keys
+    sources: torch.Tensor  # [texts * width] token of each padded slot; padding slots point one past the span
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """[1, heads, row tokens, dim] -> [texts, heads, width, dim] for this group's span."""
         heads, dim = x.shape[1], x.shape[3]
         span = x[0, :, self.start:self.end].transpose(0, 1)  # [tokens, heads, dim]
-        block = span.new_zeros(self.n_texts * self.width, heads, dim).index_copy(0, self.slots, span)
+        # A gather from the span plus one zero row saves only its index for backward; index_copy into a
+        # zeroed block would keep the span itself alive until backward (~100 MB at batch 32 for q, k, v).
+        padded = torch.cat([span, span.new_zeros(1, heads, dim)])
+        block = padded.index_select(0, self.sources)
         return block.view(self.n_texts, self.width, heads, dim).transpose(1, 2)
 
     def repack(self, out: torch.Tensor) -> torch.Tensor:
@@ -60,15 +64,23 @@ class Packing:
     position_ids: torch.Tensor  # [1, tokens], restarting at 0 for each text
     last_index: torch.Tensor  # [texts] position of each text's last token in the row
     groups: list[AttentionGroup]
+    tail: int = 0  # padding tokens after the last group: in no group, their attention output is zero
 
     def to(self, device: torch.device) -> Packing:
-        groups = [AttentionGroup(g.start, g.end, g.slots.to(device), g.n_texts, g.width, g.allowed.to(device))
-                  for g in self.groups]
-        return Packing(self.input_ids.to(device), self.position_ids.to(device), self.last_index.to(device), groups)
+        groups = [AttentionGroup(g.start, g.end, g.slots.to(device), g.n_texts, g.width, g.allowed.to(device),
+                                 g.sources.to(device)) for g in self.groups]
+        return Packing(self.input_ids.to(device), self.position_ids.to(device), self.last_index.to(device), groups,
+                       self.tail)
 
 
-def pack(ids: Sequence[Sequence[int]], groups: Sequence[Sequence[int]]) -> Packing:
-    """One row holding the texts of `groups` in order (each group: indices into ids, longest first)."""
+def pack(ids: Sequence[Sequence[int]], groups: Sequence[Sequence[int]], multiple: int = 1, pad_id: int = 0) -> Packing:
+    """One row holding the texts of `groups` in order (each group: indices into ids, longest first), padded at the
+    end to a multiple of `multiple` tokens.
+
+    Why pad at all: oneDNN compiles a kernel per matmul shape and keeps it in a cache. With a new row length every
+    step, each step compiled new kernels and the caches grew by ~20 MB a step; rounded lengths recur, so steps
+    reuse kernels (see `bound_kernel_caches` in training/trainer.py for the caches' limits).
+    """
     flat, positions, last, built, start = [], [], [], [], 0
     for group in groups:
         lengths = [len(ids[i]) for i in group]
@@ -82,8 +94,13 @@ def pack(ids: Sequence[Sequence[int]], groups: Sequence[Sequence[int]]) -> Packi
             positions.extend(range(n))
             last.append(start + n - 1)
             start += n
-        built.append(AttentionGroup(start - sum(lengths), start, slots, len(group), width, allowed))
-    return Packing(torch.tensor([flat]), torch.tensor([positions]), torch.tensor(last), built)
+        sources = torch.full((len(group) * width,), sum(lengths), dtype=torch.long)
+        sources[slots] = torch.arange(sum(lengths))
+        built.append(AttentionGroup(start - sum(lengths), start, slots, len(group), width, allowed, sources))
+    tail = -start % multiple
+    flat.extend([pad_id] * tail)
+    positions.extend(range(tail))
+    return Packing(torch.tensor([flat]), torch.tensor([positions]), torch.tensor(last), built, tail)
 
 
 def packed_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -101,6 +118,8 @@ def packed_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
                                          group.window_allowed(sliding_window), scale, False, p,
                                          kwargs.get("softcap")))
              for group in packing.groups]
+    if packing.tail:
+        parts.append(query.new_zeros(packing.tail, query.shape[1], value.shape[-1]))
     return torch.cat(parts).unsqueeze(0), None
 
 

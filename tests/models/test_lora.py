@@ -1,0 +1,41 @@
+"""LoRA helpers: the shared-mask dropout and its boolean-mask autograd function."""
+from __future__ import annotations
+
+import torch
+
+from embedtune.models.lora import KeepMask, SharedMaskDropout
+
+
+def test_keep_mask_matches_multiplying_by_the_scaled_mask_in_value_and_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    keep = torch.rand(6, 5) > 0.3
+    ours = KeepMask.apply(x, keep, 1 / 0.7)
+    reference = x * (keep.double() / 0.7)
+    assert torch.equal(ours, reference)
+    grad = torch.randn(6, 5, dtype=torch.float64)
+    (g_ours,) = torch.autograd.grad(ours, x, grad)
+    (g_ref,) = torch.autograd.grad(reference, x, grad)
+    assert torch.equal(g_ours, g_ref)
+    assert torch.autograd.gradcheck(lambda t: KeepMask.apply(t, keep, 2.0), (x,))
+
+
+def test_keep_mask_saves_a_boolean_mask_not_a_copy_of_it():
+    x = torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        KeepMask.apply(x, torch.rand(64, 64) > 0.1, 1 / 0.9)
+    assert [t.dtype for t in saved] == [torch.bool]
+
+
+def test_shared_mask_dropout_drops_at_rate_p_and_shares_one_output():
+    torch.manual_seed(0)
+    shared: dict = {}
+    q, v = SharedMaskDropout(0.1, shared), SharedMaskDropout(0.1, shared)
+    x = torch.ones(200, 500)
+    out = q(x)
+    assert v(x) is out  # same input: one dropped copy serves every branch
+    assert abs(float((out == 0).float().mean()) - 0.1) < 0.005
+    assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 1 / 0.9))
+    q.eval()
+    assert q(x) is x
