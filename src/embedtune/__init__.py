@@ -1,10 +1,24 @@
 """embedtune: contrastive LoRA fine-tuning that turns small LMs into text-embedding models, and STS scoring.
 
-Public API (names only; the logic lives in the modules named beside each).
+Public API (names only; the logic lives in the modules named beside each). Imported lazily, so that the
+command line can set up its process (embedtune.runtime) before torch loads.
 """
-from embedtune.api import encode, evaluate, export, run, train  # noqa: F401
-from embedtune.config import Config  # noqa: F401
-from embedtune.models.embedder import Embedder  # noqa: F401
+from __future__ import annotations
 
-__all__ = ["Config", "Embedder", "encode", "evaluate", "export", "run", "train"]
+import importlib
+from typing import Any
+
+from embedtune.runtime import apply_kernel_cache_limits
+
+apply_kernel_cache_limits()  # before any matmul: oneDNN reads the limits when its caches are first used
+
+_EXPORTS = {"encode": "embedtune.api", "evaluate": "embedtune.api", "export": "embedtune.api", "run": "embedtune.api",
+            "train": "embedtune.api", "Config": "embedtune.config", "Embedder": "embedtune.models.embedder"}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'embedtune' has no attribute '{name}'")

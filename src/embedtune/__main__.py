@@ -1,3 +1,3 @@
-from embedtune.cli import main
+from embedtune.launch import main
 
 raise SystemExit(main())
