@@ -8,12 +8,15 @@ side trains in its own subprocess (so that peak RSS is its own), alternating our
     .venv/bin/python benchmarks/compare_peer.py --data-dir ../shared/data [--quick]
 
 `--quick`: 12 steps, quality on three STS sets; evaluation speed is timed on all nine sets either way.
-The last three lines are `ratio train_tokens_per_s X`, `ratio eval_speed X` and `ratio train_peak_rss X`.
+Our side runs with the `embedtune` command's process set-up (mimalloc, capped kernel caches), the peer with
+the libraries' defaults; `--peer-runtime` gives the peer ours too. The last three lines are
+`ratio train_tokens_per_s X`, `ratio eval_speed X` and `ratio train_peak_rss X`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -162,7 +165,18 @@ def worker_eval_speed(args) -> dict:
 WORKERS = {"ours": worker_ours, "peer": worker_peer, "eval": worker_eval, "eval_speed": worker_eval_speed}
 
 
-def spawn(kind: str, **options) -> dict:
+def process_env(side: str, peer_runtime: bool) -> dict[str, str]:
+    """Ours runs as the `embedtune` command does (mimalloc, bounded kernel caches: embedtune/runtime.py); the
+    peer as sentence-transformers users run it (glibc malloc, the libraries' default cache sizes; importing
+    embedtune in its worker would otherwise cap the caches in-process), unless --peer-runtime."""
+    from embedtune.runtime import KERNEL_CACHE_LIMITS, runtime_environment
+
+    if side == "ours" or peer_runtime:
+        return {**os.environ, **runtime_environment()}
+    return {**os.environ, **{name: "1024" for name in KERNEL_CACHE_LIMITS}}
+
+
+def spawn(kind: str, env: dict[str, str] | None = None, **options) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         command = [sys.executable, __file__, "--worker", kind, "--result", result.name]
         for key, value in options.items():
@@ -171,7 +185,7 @@ def spawn(kind: str, **options) -> dict:
             command += [f"--{key.replace('_', '-')}"] + ([str(v) for v in value] if isinstance(value, list)
                                                          else [str(value)])
         print(f"  running {kind} {options.get('side', '')} {options.get('batch', '')}".rstrip(), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
         return json.loads(Path(result.name).read_text())
 
 
@@ -183,6 +197,8 @@ def main() -> None:
                         help="12 steps and a 3-set quality check (evaluation speed stays nine-set): under 20 minutes")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 60])
+    parser.add_argument("--peer-runtime", action="store_true",
+                        help="run the peer with embedtune's process set-up too (mimalloc, capped kernel caches)")
     # worker-only options
     parser.add_argument("--worker", choices=WORKERS)
     parser.add_argument("--result")
@@ -218,7 +234,7 @@ def main() -> None:
     runs: dict[tuple[str, int], dict] = {}
     for batch in args.batches:  # alternate: ours, peer, ours, peer
         for side in ("ours", "peer"):
-            runs[side, batch] = spawn(side, model=args.model, batch=batch, steps=steps, triplets=work / "triplets.tsv",
+            runs[side, batch] = spawn(side, process_env(side, args.peer_runtime), model=args.model, batch=batch, steps=steps, triplets=work / "triplets.tsv",
                                       out_dir=work / f"{side}-{batch}", warmup=min(2, steps - 1))
     print("\ntraining")
     print(f"{'side':<6}{'batch':>6}{'s/step':>9}{'real tok/s':>12}{'peak RSS GB':>13}{'GFLOP/s':>9}{'of peak':>9}")
@@ -237,7 +253,8 @@ def main() -> None:
     # Always the nine sets, as the issue specifies: on a few small sets repeated sentences are rare and loading
     # weighs more, so a 3-set figure understates the nine-set ratio (1.59x vs 2.57x measured).
     print("\nevaluation speed (nine sets)")
-    speed = {side: spawn("eval_speed", model=args.model, side=side, data_dir=args.data_dir)
+    speed = {side: spawn("eval_speed", process_env(side, args.peer_runtime), model=args.model, side=side,
+                         data_dir=args.data_dir)
              for side in ("ours", "peer")}
     eval_gflops = 2 * n_params * speed["ours"]["tokens"] / speed["ours"]["seconds"] / 1e9
     print(f"ours {speed['ours']['seconds']:.1f} s, peer {speed['peer']['seconds']:.1f} s; "
