@@ -14,7 +14,7 @@ apply_kernel_cache_limits()  # before any matmul: oneDNN reads the limits when i
 
 _EXPORTS = {"encode": "embedtune.api", "evaluate": "embedtune.api", "export": "embedtune.api", "run": "embedtune.api",
             "train": "embedtune.api", "Config": "embedtune.config", "Embedder": "embedtune.models.embedder"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["Config", "Embedder", "encode", "evaluate", "export", "run", "train"]
 __version__ = "0.1.0"
 
 
