@@ -38,3 +38,10 @@ def test_the_command_runs_under_mimalloc_with_bounded_caches():
     out = subprocess.run([sys.executable, "-c", code], env={**env, **extra, runtime.RELAUNCHED_ENV: "1"},
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "64"]
+
+
+def test_no_relaunch_without_an_allocator_to_preload(monkeypatch):
+    monkeypatch.delenv(runtime.RELAUNCHED_ENV, raising=False)
+    monkeypatch.setattr(runtime, "mimalloc_library", lambda: None)
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("must not re-execute"))
+    runtime.relaunch_with_runtime(["--help"])

@@ -57,12 +57,12 @@ def runtime_environment(environ: dict[str, str] | None = None) -> dict[str, str]
 def relaunch_with_runtime(argv: list[str]) -> None:
     """Re-execute this command (`python -m embedtune ARGV`) with runtime_environment() applied, once.
 
-    Returns without doing anything when there is nothing to add or this process is already the relaunched one.
+    Returns without doing anything when there is no allocator to preload or this process is the relaunched one.
     """
-    if os.environ.get(RELAUNCHED_ENV):
+    if os.environ.get(RELAUNCHED_ENV) or not sys.executable:
         return
     extra = runtime_environment()
-    if not extra:
+    if "LD_PRELOAD" not in extra:  # the cache limits alone apply in-process (apply_kernel_cache_limits)
         return
     env = {**os.environ, **extra, RELAUNCHED_ENV: "1"}
     sys.stdout.flush()

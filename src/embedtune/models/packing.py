@@ -79,7 +79,8 @@ def pack(ids: Sequence[Sequence[int]], groups: Sequence[Sequence[int]], multiple
 
     Why pad at all: oneDNN compiles a kernel per matmul shape and keeps it in a cache. With a new row length every
     step, each step compiled new kernels and the caches grew by ~20 MB a step; rounded lengths recur, so steps
-    reuse kernels (see `bound_kernel_caches` in training/trainer.py for the caches' limits).
+    reuse kernels (the caches' limits: embedtune/runtime.py). Tail tokens belong to no attention group and
+    no text; they cost ~2% more tokens at batch 32.
     """
     flat, positions, last, built, start = [], [], [], [], 0
     for group in groups:
