@@ -1,18 +1,18 @@
 """Process set-up for CPU speed and memory: a better malloc and bounded kernel caches.
 
-Both must be in place before the first tensor is allocated, so the `embedtune` command re-executes itself once
-with them in its environment (`relaunch_with_runtime`); Python API users can start their process the same way
-(`runtime_environment()` gives the variables).
+The allocator must be preloaded before the process starts, so the `embedtune` command re-executes itself once
+with it (`relaunch_with_runtime`); Python API users can start their process the same way (`runtime_environment()`
+gives the variables). The cache limits only need to be set before the first matmul: importing embedtune does it.
 
 - **mimalloc** (PyPI `cmeel-mimalloc`) instead of glibc malloc. Training frees and reallocates ~1 GB of
   activations a step in tensors of a few MB; glibc keeps freed heap pages resident and splits them between
-  differently sized requests, so its heap grew step after step (batch 32 on Gemma-3-270M: 2.4 GB after one step,
-  3.3 GB after twelve, with ~1.6 GB live). Returning memory to the OS with glibc (a low mmap threshold or
-  malloc_trim) costs 1.5-2.5x the step time in page faults. mimalloc kept the per-step peak at 1.5-2.1 GB and
-  the steps slightly faster.
+  differently sized requests, so its heap grew step after step (batch 32 on Gemma-3-270M: 2.2 GB after one step,
+  3.1 GB after twelve, with ~1.6 GB live). Returning memory to the OS with glibc (a low mmap threshold or
+  malloc_trim) costs 1.5-2.5x the step time in page faults. Under mimalloc the peak after twelve steps was
+  2.38 GB against 3.14 GB (benchmarks/memory_anatomy.py).
 - **Kernel-cache limits.** oneDNN compiles a kernel per matmul shape and caches up to 1024 of them, and
   PyTorch's ideep layer keeps its own LRU cache of 1024. With the shapes of contrastive batches changing every
-  step, the two grew by ~20 MB a step (a 150-step run at batch 60 reached 6.4 GB). Packed rows are padded to
+  step, the two grew by ~20 MB a step (a 150-step run at batch 32 reached 6.4 GB). Packed rows are padded to
   a multiple of 64 tokens so that shapes recur, and the caches are capped below.
 
 `EMBEDTUNE_ALLOCATOR=system` keeps glibc malloc (no re-execution); variables already set by the user win.
