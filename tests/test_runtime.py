@@ -45,3 +45,15 @@ def test_no_relaunch_without_an_allocator_to_preload(monkeypatch):
     monkeypatch.setattr(runtime, "mimalloc_library", lambda: None)
     monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("must not re-execute"))
     runtime.relaunch_with_runtime(["--help"])
+
+
+def test_relaunch_re_executes_the_module_with_the_allocator(monkeypatch, tmp_path):
+    monkeypatch.delenv(runtime.RELAUNCHED_ENV, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(runtime, "mimalloc_library", lambda: tmp_path / "libmimalloc.so.3")
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda path, args, env: calls.append((path, args, env)))
+    runtime.relaunch_with_runtime(["train", "--max-steps", "3"])
+    (path, args, env), = calls
+    assert path == sys.executable and args[-5:] == ["-m", "embedtune", "train", "--max-steps", "3"]
+    assert env["LD_PRELOAD"] == str(tmp_path / "libmimalloc.so.3") and env[runtime.RELAUNCHED_ENV] == "1"

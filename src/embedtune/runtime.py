@@ -67,7 +67,10 @@ def relaunch_with_runtime(argv: list[str]) -> None:
     env = {**os.environ, **extra, RELAUNCHED_ENV: "1"}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "embedtune", *argv], env)
+    # -P (Python 3.11+): do not put the current folder first on sys.path, as `-m` otherwise would; the console
+    # script never did, and a user's datasets.py or tokenizers.py must not shadow the libraries.
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    os.execve(sys.executable, [sys.executable, *safe_path, "-m", "embedtune", *argv], env)
 
 
 def apply_kernel_cache_limits() -> None:
