@@ -2,6 +2,7 @@
 
 GGUF files are converted once into an HF folder (safetensors) under the cache directory, so that only the
 first load pays for dequantisation (about 44 s for Gemma-3-270M); later loads take a couple of seconds.
+bf16 runs load from a bf16 copy of that folder, also written once (`bf16_variant`).
 """
 from __future__ import annotations
 
