@@ -170,11 +170,11 @@ def process_env(side: str, peer_runtime: bool) -> dict[str, str]:
     """Ours runs as the `embedtune` command does (mimalloc, bounded kernel caches: embedtune/runtime.py); the
     peer as sentence-transformers users run it (glibc malloc, the libraries' default cache sizes; importing
     embedtune in its worker would otherwise cap the caches in-process), unless --peer-runtime."""
-    from embedtune.runtime import KERNEL_CACHE_LIMITS, runtime_environment
+    from embedtune.runtime import KERNEL_CACHE_DEFAULTS, runtime_environment
 
     if side == "ours" or peer_runtime:
         return {**os.environ, **runtime_environment()}
-    return {**os.environ, **{name: "1024" for name in KERNEL_CACHE_LIMITS}}
+    return {**os.environ, **KERNEL_CACHE_DEFAULTS}
 
 
 def spawn(kind: str, env: dict[str, str] | None = None, **options) -> dict:
@@ -237,8 +237,9 @@ def main() -> None:
     runs: dict[tuple[str, int], dict] = {}
     for batch in args.batches:  # alternate: ours, peer, ours, peer
         for side in ("ours", "peer"):
-            runs[side, batch] = spawn(side, process_env(side, args.peer_runtime), model=args.model, batch=batch, steps=steps, triplets=work / "triplets.tsv",
-                                      out_dir=work / f"{side}-{batch}", warmup=min(2, steps - 1))
+            runs[side, batch] = spawn(side, process_env(side, args.peer_runtime), model=args.model, batch=batch,
+                                      steps=steps, triplets=work / "triplets.tsv", out_dir=work / f"{side}-{batch}",
+                                      warmup=min(2, steps - 1))
     print("\ntraining")
     print(f"{'side':<6}{'batch':>6}{'s/step':>9}{'real tok/s':>12}{'peak RSS GB':>13}{'GFLOP/s':>9}{'of peak':>9}")
     for (side, batch), r in runs.items():

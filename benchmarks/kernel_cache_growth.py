@@ -28,9 +28,9 @@ print(f"{rss_mb() - start:.0f}")
 
 def main() -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-    from embedtune.runtime import KERNEL_CACHE_LIMITS
+    from embedtune.runtime import KERNEL_CACHE_DEFAULTS, KERNEL_CACHE_LIMITS
 
-    settings = {"library defaults (1024 / 1024)": {name: "1024" for name in KERNEL_CACHE_LIMITS},
+    settings = {"library defaults (1024 / 1024)": dict(KERNEL_CACHE_DEFAULTS),
                 "embedtune's limits": dict(KERNEL_CACHE_LIMITS),
                 "both 16": {name: "16" for name in KERNEL_CACHE_LIMITS}}
     for name, limits in settings.items():

@@ -91,13 +91,13 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from embedtune.runtime import KERNEL_CACHE_LIMITS, runtime_environment
+    from embedtune.runtime import KERNEL_CACHE_DEFAULTS, runtime_environment
 
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     settings = {
         "mimalloc": {**base, **runtime_environment(base)},
         "glibc": {**base, **runtime_environment({**base, "EMBEDTUNE_ALLOCATOR": "system"})},
-        "glibc-default-caches": {**base, **{name: "1024" for name in KERNEL_CACHE_LIMITS}},
+        "glibc-default-caches": {**base, **KERNEL_CACHE_DEFAULTS},
     }
     for name, env in settings.items():
         with tempfile.TemporaryDirectory() as out:

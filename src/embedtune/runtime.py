@@ -29,6 +29,7 @@ KERNEL_CACHE_LIMITS = {
     "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256",  # oneDNN's compiled kernels (default 1024)
     "LRU_CACHE_CAPACITY": "64",  # PyTorch ideep's cache of oneDNN computations (default 1024)
 }
+KERNEL_CACHE_DEFAULTS = {name: "1024" for name in KERNEL_CACHE_LIMITS}  # the libraries' own sizes, for benchmarks
 
 
 def mimalloc_library() -> Path | None:

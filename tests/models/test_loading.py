@@ -5,14 +5,14 @@ import shutil
 
 import torch
 
-from embedtune.models.loading import ModelSource, load_base_model
+from embedtune.models.loading import CONVERTED_MARKER, ModelSource, load_base_model
 
 
 def _converted_folder(tiny_model_dir, tmp_path):
     """A copy of the tiny model marked as one of our GGUF conversions."""
     folder = tmp_path / "hf" / "tiny-0123456789abcdef"
     shutil.copytree(tiny_model_dir, folder)
-    (folder / "embedtune_source.json").write_text('{"gguf": "tiny.gguf"}')
+    (folder / CONVERTED_MARKER).write_text('{"gguf": "tiny.gguf"}')
     return folder
 
 

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "EMBEDTUNE_CACHE"
 DEFAULT_MODEL = "gemma3-270m"
+CONVERTED_MARKER = "embedtune_source.json"  # in every folder converted from GGUF: where it came from
 
 
 def _gemma3_270m() -> Path:
@@ -145,12 +146,22 @@ def _convert_gguf(path: Path, target: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        (folder / CONVERTED_MARKER).write_text(json.dumps({"gguf": str(path)}))
+
+    _write_folder_atomically(target, write)
+
+
+def _write_folder_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """write() fills a temporary folder beside target, which then replaces target in one rename: a crash never
+    leaves a half-written model in the cache."""
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "embedtune_source.json").write_text(json.dumps({"gguf": str(path)}))
-        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model in the cache
+        write(tmp)
+        os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -180,7 +191,7 @@ def load_base_model(source: ModelSource, trust_remote_code: bool = False, dtype:
 
 
 def _is_converted_gguf(location: str) -> bool:
-    return (Path(location) / "embedtune_source.json").is_file()
+    return (Path(location) / CONVERTED_MARKER).is_file()
 
 
 def bf16_variant(folder: Path) -> Path:
@@ -196,15 +207,11 @@ def bf16_variant(folder: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     model = AutoModel.from_pretrained(str(folder), dtype=torch.bfloat16, use_safetensors=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{target.name}-"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        os.replace(tmp, target)  # atomic, as for the conversion itself
+        _write_folder_atomically(target, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
     except OSError as err:  # a read-only cache: load from the fp32 folder, as before
         log.warning("could not write a bf16 copy of %s (%s); loading the fp32 folder", folder.name, err)
         return folder
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

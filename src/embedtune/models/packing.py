@@ -95,9 +95,10 @@ def pack(ids: Sequence[Sequence[int]], groups: Sequence[Sequence[int]], multiple
             positions.extend(range(n))
             last.append(start + n - 1)
             start += n
-        sources = torch.full((len(group) * width,), sum(lengths), dtype=torch.long)
-        sources[slots] = torch.arange(sum(lengths))
-        built.append(AttentionGroup(start - sum(lengths), start, slots, len(group), width, allowed, sources))
+        tokens = sum(lengths)
+        sources = torch.full((len(group) * width,), tokens, dtype=torch.long)
+        sources[slots] = torch.arange(tokens)
+        built.append(AttentionGroup(start - tokens, start, slots, len(group), width, allowed, sources))
     tail = -start % multiple
     flat.extend([pad_id] * tail)
     positions.extend(range(tail))
