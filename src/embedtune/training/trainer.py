@@ -83,6 +83,13 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device`: CUDA kernels run asynchronously, so a step's wall time read without
+    this leaves out the GPU still running its backward and optimiser step (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far, GiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -254,6 +261,7 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
+            synchronize(embedder.device)
             seconds = time.perf_counter() - started
             tokens_per_s = batch.n_tokens / seconds
             event = {"step": step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0],
