@@ -12,6 +12,8 @@ sets either way. 12 steps took 22 minutes when this machine ran at half speed, o
 Our side runs with the `embedtune` command's process set-up (mimalloc, capped kernel caches), the peer with
 the libraries' defaults; `--peer-runtime` gives the peer ours too. The last three lines are
 `ratio train_tokens_per_s X`, `ratio eval_speed X` and `ratio train_peak_rss X`.
+`--device` (default: the peer on CPU, ours on the library's default device) runs every side on one device;
+benchmarks/gpu_check.py reuses these workers on CUDA.
 """
 from __future__ import annotations
 
@@ -33,18 +35,48 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def matmul_peak_gflops(seconds: float = 3.0) -> float:
-    """bf16 matmul peak of this machine, measured now (best of several square products)."""
+def cuda_in_use() -> bool:
+    """Whether this process has used CUDA (never true with the CPU build of torch)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that wall-clock timings include it (CUDA kernels run asynchronously)."""
+    import torch
+
+    if cuda_in_use():
+        torch.cuda.synchronize()
+
+
+def peak_gpu_memory() -> dict[str, float]:
+    """Peak GPU memory of this process in GiB: held by tensors (max_memory_allocated) and by the caching
+    allocator (max_memory_reserved); empty when the process never used CUDA."""
+    import torch
+
+    if not cuda_in_use():
+        return {}
+    return {"peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024 ** 3,
+            "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved() / 1024 ** 3}
+
+
+def matmul_peak_gflops(seconds: float = 3.0, device: str = "cpu") -> float:
+    """bf16 matmul peak of this machine's `device`, measured now (best of several square products)."""
     import torch
 
     best = 0.0
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    wait = synchronize if device != "cpu" else lambda: None
+    for n in ((1024, 2048) if device == "cpu" else (4096, 8192)):
+        a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+        b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
         a @ b
         end = time.perf_counter() + seconds / 2
         while time.perf_counter() < end:
+            wait()
             start = time.perf_counter()
             a @ b
+            wait()
             best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -71,6 +103,7 @@ def write_triplets(path: Path, triplets) -> None:
 
 def worker_ours(args) -> dict:
     from embedtune.config import Config
+    from embedtune.models.embedder import Embedder
     from embedtune.training.trainer import METRICS, train
 
     config = Config.from_dict({
@@ -80,11 +113,14 @@ def worker_ours(args) -> dict:
         "train": {"output_dir": args.out_dir, "batch_size": args.batch, "max_steps": args.steps, "lr": 5e-5,
                   "precision": "bf16", "eval_steps": 0, "save_steps": args.steps, "seed": 0},
     }).validate()
-    final = train(config)
+    # Without --device, train() builds the embedder on the library's default device.
+    embedder = Embedder(args.model, precision="bf16", device=args.device) if args.device else None
+    final = train(config, embedder)
     steps = [json.loads(line) for line in (Path(args.out_dir) / METRICS).read_text().splitlines()]
     seconds = [e["seconds"] for e in steps if "loss" in e][args.warmup:]
     return {"adapter": str(final), "seconds_per_step": sum(seconds) / len(seconds), "peak_rss_gb": peak_rss_gb(),
-            "final_loss": steps[-1]["loss"]}
+            "final_loss": steps[-1]["loss"], "losses": [e["loss"] for e in steps if "loss" in e],
+            "step_seconds": [e["seconds"] for e in steps if "loss" in e], **peak_gpu_memory()}
 
 
 def worker_peer(args) -> dict:
@@ -104,7 +140,8 @@ def worker_peer(args) -> dict:
         r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     assert any("lora_A" in n for n, _ in transformer.auto_model.named_parameters())
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
-    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    device = args.device or "cpu"
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device=device)
     eos = model.tokenizer.eos_token
     rows = [line.split("\t") for line in Path(args.triplets).read_text(encoding="utf-8").splitlines()[1:]]
     data = datasets.Dataset.from_dict({"anchor": [r[0] + eos for r in rows], "positive": [r[1] + eos for r in rows],
@@ -116,12 +153,13 @@ def worker_peer(args) -> dict:
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
+            synchronize()
             times.append(time.perf_counter() - self.start)
 
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.out_dir, per_device_train_batch_size=args.batch, learning_rate=5e-5, max_steps=args.steps,
-        warmup_ratio=0.05, bf16=True, use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], seed=0,
-        dataloader_drop_last=True)
+        warmup_ratio=0.05, bf16=True, use_cpu=device == "cpu", logging_steps=1, save_strategy="no", report_to=[],
+        seed=0, dataloader_drop_last=True)
     trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=data,
                                          loss=losses.MultipleNegativesRankingLoss(model, scale=20.0),
                                          callbacks=[StepTimer()])
@@ -130,7 +168,9 @@ def worker_peer(args) -> dict:
     peft_model.save_pretrained(adapter)
     seconds = times[args.warmup:]
     return {"adapter": str(adapter), "seconds_per_step": sum(seconds) / len(seconds), "peak_rss_gb": peak_rss_gb(),
-            "final_loss": result.training_loss}
+            "final_loss": result.training_loss,
+            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e], "step_seconds": times,
+            **peak_gpu_memory()}
 
 
 def worker_eval(args) -> dict:
@@ -139,7 +179,7 @@ def worker_eval(args) -> dict:
     from embedtune.models.embedder import Embedder
 
     evaluator = STSEvaluator.from_tasks(args.tasks, args.data_dir, show_progress=False)
-    result = evaluator(Embedder(args.model, adapter=args.adapter))
+    result = evaluator(Embedder(args.model, adapter=args.adapter, device=args.device))
     return {"average": result["average"], "tasks": {k: v["spearman"] for k, v in result["tasks"].items()}}
 
 
@@ -155,11 +195,11 @@ def worker_eval_speed(args) -> dict:
     datasets = [load_sts(t, resolve_data_dir(args.data_dir)) for t in resolve_tasks(args.tasks)]
     if args.side == "ours":
         evaluator = STSEvaluator(datasets, show_progress=False)
-        embedder = Embedder(args.model)
+        embedder = Embedder(args.model, device=args.device)
         result = evaluator(embedder)
         tokens = sum(map(len, embedder.tokenize(evaluator.unique_sentences)))
         return {"seconds": result["seconds"], "tokens": tokens, "average": result["average"]}
-    scores, seconds = run_peer(resolve_model(args.model).location, datasets, 32)
+    scores, seconds = run_peer(resolve_model(args.model).location, datasets, 32, args.device or "cpu")
     return {"seconds": seconds, "average": sum(scores.values()) / len(scores)}
 
 
@@ -177,9 +217,10 @@ def process_env(side: str, peer_runtime: bool) -> dict[str, str]:
     return {**os.environ, **KERNEL_CACHE_DEFAULTS}
 
 
-def spawn(kind: str, env: dict[str, str] | None = None, **options) -> dict:
+def spawn(kind: str, env: dict[str, str] | None = None, script: str | Path = __file__, **options) -> dict:
+    """Run worker `kind` of `script` (this file by default) in a subprocess; options become its flags."""
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        command = [sys.executable, __file__, "--worker", kind, "--result", result.name]
+        command = [sys.executable, str(script), "--worker", kind, "--result", result.name]
         for key, value in options.items():
             if value is None:
                 continue
@@ -202,6 +243,7 @@ def main() -> None:
                         help="diagnostic runs only: no nine-set timing ('ratio eval_speed skipped')")
     parser.add_argument("--peer-runtime", action="store_true",
                         help="run the peer with embedtune's process set-up too (mimalloc, capped kernel caches)")
+    parser.add_argument("--device", help="cpu, cuda, ...: both sides on it (default: peer cpu, ours auto)")
     # worker-only options
     parser.add_argument("--worker", choices=WORKERS)
     parser.add_argument("--result")
@@ -225,12 +267,12 @@ def main() -> None:
     from embedtune.models.embedder import Embedder
     from embedtune.training.trainer import non_embedding_parameters
 
-    probe = Embedder(args.model)
+    probe = Embedder(args.model, device=args.device)
     tokens_per_triplet = sum(len(x) for t in triplets for x in probe.tokenize([t.anchor, t.positive, t.negative])) \
         / len(triplets)
     n_params = non_embedding_parameters(probe.model)
     del probe
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(device=args.device or "cpu")
     print(f"model {args.model}: {n_params / 1e6:.1f}M non-embedding parameters; {len(triplets)} triplets, "
           f"{tokens_per_triplet:.1f} real tokens per triplet; bf16 matmul peak {peak:.0f} GFLOP/s; {steps} steps")
 
@@ -239,7 +281,7 @@ def main() -> None:
         for side in ("ours", "peer"):
             runs[side, batch] = spawn(side, process_env(side, args.peer_runtime), model=args.model, batch=batch,
                                       steps=steps, triplets=work / "triplets.tsv", out_dir=work / f"{side}-{batch}",
-                                      warmup=min(2, steps - 1))
+                                      warmup=min(2, steps - 1), device=args.device)
     print("\ntraining")
     print(f"{'side':<6}{'batch':>6}{'s/step':>9}{'real tok/s':>12}{'peak RSS GB':>13}{'GFLOP/s':>9}{'of peak':>9}")
     for (side, batch), r in runs.items():
@@ -250,7 +292,7 @@ def main() -> None:
 
     print("\nquality after the same steps (batch %d, one evaluator for both)" % args.batches[0])
     quality = {side: spawn("eval", model=args.model, adapter=runs[side, args.batches[0]]["adapter"],
-                           data_dir=args.data_dir, tasks=tasks) for side in ("ours", "peer")}
+                           data_dir=args.data_dir, tasks=tasks, device=args.device) for side in ("ours", "peer")}
     for side, q in quality.items():
         print(f"{side:<6} average {q['average']:.2f}  " + " ".join(f"{k} {v:.2f}" for k, v in q["tasks"].items()))
 
@@ -259,7 +301,7 @@ def main() -> None:
     if not args.skip_eval_speed:
         print("\nevaluation speed (nine sets)")
         speed = {side: spawn("eval_speed", process_env(side, args.peer_runtime), model=args.model, side=side,
-                             data_dir=args.data_dir)
+                             data_dir=args.data_dir, device=args.device)
                  for side in ("ours", "peer")}
         eval_gflops = 2 * n_params * speed["ours"]["tokens"] / speed["ours"]["seconds"] / 1e9
         print(f"ours {speed['ours']['seconds']:.1f} s, peer {speed['peer']['seconds']:.1f} s; "

@@ -22,16 +22,20 @@ from embedtune.models.loading import resolve_model
 QUICK_TASKS = ["sts17", "biosses", "stsbenchmark"]
 
 
-def peer_model(folder: str):
+def peer_model(folder: str, device: str = "cpu"):
     from sentence_transformers import SentenceTransformer, models
 
     transformer = models.Transformer(folder, model_args={"dtype": torch.bfloat16})
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
-    return SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    return SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device=device)
 
 
-def run_peer(folder: str, datasets, batch_size: int) -> tuple[dict, float]:
-    model = peer_model(folder)
+def run_peer(folder: str, datasets, batch_size: int, device: str = "cpu") -> tuple[dict, float]:
+    return encode_peer(peer_model(folder, device), datasets, batch_size)
+
+
+def encode_peer(model, datasets, batch_size: int) -> tuple[dict, float]:
+    """Scores per set and seconds for the peer's encode calls (they return numpy, so GPU work is finished)."""
     eos = model.tokenizer.eos_token
     start = time.perf_counter()
     scores = {}
