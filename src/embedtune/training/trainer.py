@@ -177,6 +177,18 @@ def warn_if_anisotropic(embedder: Embedder, data: TokenizedTriplets, lr: float) 
                     similarity, lr)
 
 
+def prepare_for_training(embedder: Embedder, config: Config) -> None:
+    """LoRA on the base model, our faster dropout and fused Gemma ops, train mode: the model every step sees."""
+    embedder.model = attach_lora(embedder.model, config.lora)
+    speed_up_lora(embedder.model, under_autocast=embedder.dtype != torch.float32)
+    fuse_gemma(embedder.model)  # Gemma's norms and GeGLU: same values, about half the saved activations
+    if config.train.gradient_checkpointing:
+        # With frozen inputs, checkpointed blocks would see no tensor that needs grad and LoRA would get none.
+        embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        embedder.model.enable_input_require_grads()
+    embedder.model.train()
+
+
 def build_loss(config: Config, embedder: Embedder) -> InfoNCELoss:
     t = config.train
     # Packing swaps the attention function only during the forward call; checkpointed blocks recompute in
@@ -207,14 +219,7 @@ def train(config: Config, embedder: Embedder | None = None) -> Path:
     m = config.model
     embedder = embedder or Embedder(m.name, pooling=m.pooling, prompt=m.prompt, max_length=m.max_length,
                                     precision=t.precision, trust_remote_code=m.trust_remote_code)
-    embedder.model = attach_lora(embedder.model, config.lora)
-    speed_up_lora(embedder.model, under_autocast=embedder.dtype != torch.float32)
-    fuse_gemma(embedder.model)  # Gemma's norms and GeGLU: same values, about half the saved activations
-    if t.gradient_checkpointing:
-        # With frozen inputs, checkpointed blocks would see no tensor that needs grad and LoRA would get none.
-        embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        embedder.model.enable_input_require_grads()
-    embedder.model.train()
+    prepare_for_training(embedder, config)
     data = tokenize_triplets(embedder, triplets)
     warn_if_anisotropic(embedder, data, t.lr)
     loss_fn = build_loss(config, embedder)
