@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from embedtune.config import LoraConfig
+from embedtune.models import kernels
 from embedtune.models.embedder import Embedder
 from embedtune.models.fused import fuse_gemma
 from embedtune.models.lora import attach_lora
@@ -19,8 +20,10 @@ def vectors_and_grads(embedder: Embedder) -> tuple[torch.Tensor, dict[str, torch
     return vectors.detach(), {n: p.grad.clone() for n, p in embedder.model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fused_gemma_matches_transformers(tiny_arch_dir, precision):
+def test_fused_gemma_matches_transformers(tiny_arch_dir, precision, compiled, monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "1" if compiled else "0")
     embedder = Embedder(str(tiny_arch_dir), precision=precision, device="cpu")
     embedder.model = attach_lora(embedder.model, LoraConfig(dropout=0.0))
     with torch.no_grad():  # non-zero lora_B so that gradients flow through every layer
@@ -35,10 +38,15 @@ def test_fused_gemma_matches_transformers(tiny_arch_dir, precision):
         return
     assert changed == 2 * (4 + 2 + 1) + 1  # per layer 4 norms + q/k norms + the MLP; the final norm
     fused, fused_grads = vectors_and_grads(embedder)
-    assert torch.equal(fused, vectors)  # forward values are bit-identical
-    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    if compiled:  # the compiled kernels may sum a row in another order: the last bit can differ
+        assert torch.allclose(fused, vectors, atol=1e-6 if precision == "fp32" else 1e-2, rtol=0)
+    else:
+        assert torch.equal(fused, vectors)  # eager: forward values are bit-identical
     for name, grad in grads.items():
-        assert torch.allclose(fused_grads[name], grad, atol=tolerance, rtol=tolerance), name
+        if precision == "fp32":
+            assert torch.allclose(fused_grads[name], grad, atol=1e-5, rtol=1e-5), name
+        else:  # bf16 roundings differ between the paths and add up through the layers: compare whole tensors
+            assert float((fused_grads[name] - grad).norm() / grad.norm()) < 2e-2, name
 
 
 def test_trainable_norms_are_left_alone(tiny_arch_dir):

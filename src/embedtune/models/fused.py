@@ -17,6 +17,9 @@ import types
 import torch
 import torch.nn.functional as F
 
+from embedtune.models import kernels
+from embedtune.models.kernels import RowLayout
+
 GEMMA_NORMS = {"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm"}  # y = x / rms(x) * (1 + w), in fp32
 GEMMA_MLPS = {"GemmaMLP", "Gemma2MLP", "Gemma3MLP"}  # down(act(gate(x)) * up(x))
 
@@ -24,19 +27,17 @@ GEMMA_MLPS = {"GemmaMLP", "Gemma2MLP", "Gemma3MLP"}  # down(act(gate(x)) * up(x)
 class GemmaRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-        x32 = x.float()
-        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-        ctx.save_for_backward(x, rstd, scale)
-        return (x32 * rstd * scale).to(x.dtype)
+        layout = RowLayout(x)
+        rows = layout.rows(x)
+        y, rstd = kernels.RMS_NORM_FORWARD(rows, scale, eps)
+        ctx.save_for_backward(rows, rstd, scale)
+        ctx.layout = layout
+        return layout.restore(y)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        x, rstd, scale = ctx.saved_tensors
-        normed = x.float() * rstd
-        g = grad.float() * scale
-        # d/dx of x * rstd(x): rstd * (g - normed * mean(g * normed))
-        dx = (g - normed * (g * normed).mean(-1, keepdim=True)) * rstd
-        return dx.to(x.dtype), None, None
+        rows, rstd, scale = ctx.saved_tensors
+        return ctx.layout.restore(kernels.RMS_NORM_BACKWARD(ctx.layout.rows(grad), rows, rstd, scale)), None, None
 
 
 class GeGLUFunction(torch.autograd.Function):
@@ -45,14 +46,16 @@ class GeGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return F.gelu(gate, approximate="tanh") * up
+        width = gate.shape[-1]
+        return kernels.GEGLU_FORWARD(gate.reshape(-1, width), up.reshape(-1, width)).view(gate.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate, up = ctx.saved_tensors
-        d_up = grad * F.gelu(gate, approximate="tanh")
-        d_gate = torch.ops.aten.gelu_backward(grad * up, gate, approximate="tanh")
-        return d_gate, d_up
+        width = gate.shape[-1]
+        d_gate, d_up = kernels.GEGLU_BACKWARD(grad.reshape(-1, width), gate.reshape(-1, width),
+                                              up.reshape(-1, width))
+        return d_gate.view(gate.shape), d_up.view(gate.shape)
 
 
 def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""Pointwise kernels of the fused Gemma ops (models/fused.py), compiled by torch.compile on CPU.
+
+Why: eager PyTorch runs Gemma's RMSNorm as ~7 passes over memory (a fp32 copy, a square, a mean, two
+multiplies, a cast) and its GeGLU as 3-4; on a CPU these passes are limited by memory bandwidth, not by
+arithmetic, and in a LoRA training step of Gemma-3-270M they took about 40% of the time (profile in
+docs/PERFORMANCE.md). Compiled, each becomes one or two loops over the data that read bf16 and write bf16.
+
+Each kernel is written once as plain torch code (the eager reference); `Kernel` compiles it on first use
+(inductor, dynamic shapes, cached on disk by torch across processes) and falls back to the eager code for good,
+with one warning, if compiling fails (no C++ compiler, an unsupported platform). Kernels take contiguous 2-D
+[rows, width] tensors, so a handful of compiled variants (per dtype) serve every layer and batch shape.
+`EMBEDTUNE_COMPILE_KERNELS=0` keeps everything eager; off the CPU the eager code runs (a GPU's elementwise
+passes are cheap next to its matmuls).
+
+Values: the compiled code computes the same fp32 formulas, but may order a row's sum differently, so an output
+can differ from eager in the last bf16 bit (about 1 in 250,000 values in a measurement).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+ENV = "EMBEDTUNE_COMPILE_KERNELS"
+
+
+def rms_norm_forward(x: torch.Tensor, scale: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma's RMSNorm on [rows, width]: x / rms(x) * scale in fp32, cast back; also the per-row 1 / rms."""
+    x32 = x.float()
+    rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (x32 * rstd * scale).to(x.dtype), rstd
+
+
+def rms_norm_backward(grad: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """d/dx of x * rstd(x) * scale: rstd * (g - normed * mean(g * normed)) with g = grad * scale."""
+    normed = x.float() * rstd
+    g = grad.float() * scale
+    return ((g - normed * (g * normed).mean(-1, keepdim=True)) * rstd).to(x.dtype)
+
+
+def geglu_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.gelu(gate, approximate="tanh") * up
+
+
+def geglu_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d_up = grad * F.gelu(gate, approximate="tanh")
+    d_gate = torch.ops.aten.gelu_backward(grad * up, gate, approximate="tanh")
+    return d_gate, d_up
+
+
+def compiling_enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+class Kernel:
+    """An eager function and its compiled twin, used for CPU tensors; a failed compile means eager from then on."""
+
+    def __init__(self, eager: Callable):
+        self.eager = eager
+        self.compiled: Callable | None = None
+        self.failed = False
+
+    def __call__(self, *args):
+        if self.failed or args[0].device.type != "cpu" or not compiling_enabled():
+            return self.eager(*args)
+        if self.compiled is None:
+            self.compiled = torch.compile(self.eager, dynamic=True, fullgraph=True)
+        try:
+            return self.compiled(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: the eager code computes the same
+            self.failed = True
+            log.warning("compiling %s failed (%s: %s); using eager PyTorch ops (slower, same values). Set %s=0 "
+                        "to skip the attempt.", self.eager.__name__, type(err).__name__, str(err)[:200], ENV)
+            return self.eager(*args)
+
+
+RMS_NORM_FORWARD = Kernel(rms_norm_forward)
+RMS_NORM_BACKWARD = Kernel(rms_norm_backward)
+GEGLU_FORWARD = Kernel(geglu_forward)
+GEGLU_BACKWARD = Kernel(geglu_backward)
+
+
+class RowLayout:
+    """How to read a tensor as contiguous [rows, last dim] rows in its memory order, and to put rows back.
+
+    Gemma-3 normalises q and k as [batch, heads, tokens, dim] views of [batch, tokens, heads, dim] memory: eager
+    ops on such permuted views ran ~3x slower than on contiguous rows, so they are read in memory order here
+    (a view, no copy). The gradient coming back is read in the same order (copied if it is laid out otherwise).
+    """
+
+    def __init__(self, x: torch.Tensor):
+        last = x.dim() - 1
+        self.order = sorted(range(last), key=lambda d: x.stride(d), reverse=True) + [last]
+        self.inverse = [self.order.index(d) for d in range(x.dim())]
+        self.shape = [x.shape[d] for d in self.order]
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t.permute(self.order).reshape(-1, self.shape[-1])
+
+    def restore(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.view(self.shape).permute(self.inverse)

@@ -1,0 +1,79 @@
+"""Compiled pointwise kernels: the same values as their eager code, any tensor layout, eager when compiling fails."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from embedtune.models import kernels
+from embedtune.models.kernels import Kernel, RowLayout
+
+
+@pytest.fixture(autouse=True)
+def compiling_on(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "1")
+
+
+def rows(n: int, width: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    return torch.randn(n, width, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_norm_matches_eager(dtype):
+    x, grad = rows(37, 24, dtype, 0), rows(37, 24, dtype, 1)
+    scale = 1.0 + rows(1, 24, torch.float32, 2)[0] * 0.1
+    y, rstd = kernels.RMS_NORM_FORWARD(x, scale, 1e-6)
+    y_ref, rstd_ref = kernels.rms_norm_forward(x, scale, 1e-6)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # the last bf16 bit may differ
+    assert torch.allclose(y.float(), y_ref.float(), atol=tolerance, rtol=tolerance)
+    assert torch.allclose(rstd, rstd_ref, rtol=1e-6)
+    dx = kernels.RMS_NORM_BACKWARD(grad, x, rstd, scale)
+    assert torch.allclose(dx.float(), kernels.rms_norm_backward(grad, x, rstd, scale).float(), atol=tolerance,
+                          rtol=tolerance)
+    assert (y.dtype, dx.dtype) == (dtype, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_geglu_matches_eager(dtype):
+    gate, up, grad = rows(29, 40, dtype, 3), rows(29, 40, dtype, 4), rows(29, 40, dtype, 5)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(kernels.GEGLU_FORWARD(gate, up).float(), kernels.geglu_forward(gate, up).float(),
+                          atol=tolerance, rtol=tolerance)
+    for got, want in zip(kernels.GEGLU_BACKWARD(grad, gate, up), kernels.geglu_backward(grad, gate, up)):
+        assert torch.allclose(got.float(), want.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_row_layout_reads_permuted_views_in_memory_order():
+    memory = torch.arange(2 * 5 * 3 * 4.0).view(2, 5, 3, 4)  # [batch, tokens, heads, dim]
+    x = memory.transpose(1, 2)  # [batch, heads, tokens, dim], as Gemma-3 normalises q and k
+    layout = RowLayout(x)
+    flat = layout.rows(x)
+    assert flat.data_ptr() == memory.data_ptr() and flat.is_contiguous()  # a view, no copy
+    assert torch.equal(flat, memory.reshape(-1, 4))
+    back = layout.restore(flat * 2)
+    assert back.shape == x.shape and torch.equal(back, x * 2)
+    assert torch.equal(layout.rows(x.contiguous()), flat)  # a differently laid out gradient: same rows
+
+
+def test_failed_compile_falls_back_to_eager(monkeypatch, caplog):
+    def broken_compile(fn, **options):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    kernel = Kernel(kernels.geglu_forward)
+    gate, up = rows(4, 8, torch.float32, 6), rows(4, 8, torch.float32, 7)
+    with caplog.at_level(logging.WARNING, logger="embedtune.models.kernels"):
+        out = kernel(gate, up)
+        kernel(gate, up)
+    assert torch.equal(out, kernels.geglu_forward(gate, up))
+    assert kernel.failed and sum("compiling geglu_forward failed" in r.message for r in caplog.records) == 1
+
+
+def test_switched_off_runs_eager(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "0")
+    kernel = Kernel(kernels.geglu_forward)
+    kernel(rows(4, 8, torch.float32, 8), rows(4, 8, torch.float32, 9))
+    assert kernel.compiled is None
