@@ -13,7 +13,7 @@ Training (Gemma-3-270M, LoRA r 8 on q/k/v/o, batch of triplets, forward + backwa
   +math-attn  matmul + softmax attention instead of SDPA's flash kernel for short texts
   +packing    the batch's texts packed into one row, no padding (attention per group of texts)
   +fused      Gemma's RMSNorm and GeGLU as fused autograd functions (embedtune's default path = all levers)
-Evaluation (3,000 unique STSBenchmark/SICK-R sentences): fp32, bf16 autocast, bf16 weights.
+Evaluation (3,000 unique STSBenchmark/SICK-R sentences): fp32, bf16 autocast, bf16 weights, + fused Gemma ops.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from embedtune.losses.infonce import InfoNCELoss
 from embedtune.models import embedder as embedder_module
 from embedtune.models.embedder import Embedder
 from embedtune.models.attention import training_attention
-from embedtune.models.fused import fuse_gemma
+from embedtune.models.fused import fuse_gemma, unfuse_gemma
 from embedtune.models.lora import attach_lora, speed_up_lora
 from embedtune.training.trainer import batch_rows, tokenize_triplets
 
@@ -44,6 +44,7 @@ def one_chunk(lengths, max_tokens, overhead_tokens=48, max_batch=256):
 def train_step_seconds(model: str, triplets, batch: int, steps: int, chunks: bool, bf16_weights: bool,
                        fast_dropout: bool) -> float:
     embedder = Embedder(model, precision="fp32")
+    unfuse_gemma(embedder.model)  # the fused ops are a lever of their own (paired_levers)
     if bf16_weights:
         embedder.model.to(torch.bfloat16)
     embedder.dtype = torch.bfloat16  # autocast in every variant
@@ -81,13 +82,12 @@ def lever_state(embedder: Embedder, loss_fn: InfoNCELoss, level: int) -> Iterato
         with training_attention(embedder.model) if level >= 1 else contextlib.nullcontext():
             yield
     finally:
-        for module in embedder.model.modules():  # undo fuse_gemma: drop the instance-level forwards
-            if level >= 3 and "forward" in module.__dict__:
-                del module.forward
+        unfuse_gemma(embedder.model)
 
 
 def paired_levers(model: str, triplets, batch: int, rounds: int) -> None:
     embedder = Embedder(model, precision="bf16")
+    unfuse_gemma(embedder.model)
     embedder.model = attach_lora(embedder.model, Config().lora)
     speed_up_lora(embedder.model, under_autocast=True)
     embedder.model.train()
@@ -137,8 +137,11 @@ def main() -> None:
     texts = list(dict.fromkeys(sentences))[:3000]
     print(f"evaluation, {len(texts)} unique sentences")
     base = None
-    for name, precision in (("fp32", "fp32"), ("autocast", None), ("bf16", "bf16")):
+    for name, precision, fused in (("fp32", "fp32", False), ("autocast", None, False), ("bf16", "bf16", False),
+                                   ("+fused", "bf16", True)):
         embedder = Embedder(args.model, precision=precision or "fp32")
+        if not fused:
+            unfuse_gemma(embedder.model)
         if precision is None:
             embedder.dtype = torch.bfloat16  # autocast over fp32 weights
         embedder.encode(texts[:64])

@@ -7,7 +7,7 @@ import torch
 from embedtune.config import LoraConfig
 from embedtune.models import kernels
 from embedtune.models.embedder import Embedder
-from embedtune.models.fused import fuse_gemma
+from embedtune.models.fused import fuse_gemma, unfuse_gemma
 from embedtune.models.lora import attach_lora
 
 TEXTS = ["A man is playing a guitar.", "x", "the quick brown fox jumps over the lazy dog", "hello world !"]
@@ -25,6 +25,7 @@ def vectors_and_grads(embedder: Embedder) -> tuple[torch.Tensor, dict[str, torch
 def test_fused_gemma_matches_transformers(tiny_arch_dir, precision, compiled, monkeypatch):
     monkeypatch.setenv(kernels.ENV, "1" if compiled else "0")
     embedder = Embedder(str(tiny_arch_dir), precision=precision, device="cpu")
+    unfuse_gemma(embedder.model)  # the reference: transformers' own modules
     embedder.model = attach_lora(embedder.model, LoraConfig(dropout=0.0))
     with torch.no_grad():  # non-zero lora_B so that gradients flow through every layer
         for name, p in embedder.model.named_parameters():
@@ -49,9 +50,32 @@ def test_fused_gemma_matches_transformers(tiny_arch_dir, precision, compiled, mo
             assert float((fused_grads[name] - grad).norm() / grad.norm()) < 2e-2, name
 
 
-def test_trainable_norms_are_left_alone(tiny_arch_dir):
+def test_trainable_norms_get_their_gradients(tiny_arch_dir):
     embedder = Embedder(str(tiny_arch_dir), precision="fp32", device="cpu")
     if "gemma" not in embedder.model.config.model_type:
         pytest.skip("Gemma only")
-    changed = fuse_gemma(embedder.model)  # plain model: every weight trainable, only the MLPs qualify
-    assert changed == 2
+    unfuse_gemma(embedder.model)
+    embedder.model.train()
+    with torch.no_grad():  # non-zero norm weights, so that a wrong scale gradient would show
+        for name, p in embedder.model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.1)
+    vectors, grads = vectors_and_grads(embedder)
+    assert fuse_gemma(embedder.model) == 2 * (4 + 2 + 1) + 1  # trainable norms are fused too
+    fused, fused_grads = vectors_and_grads(embedder)
+    assert torch.allclose(fused, vectors, atol=1e-6)
+    norm_grads = [n for n in grads if "norm" in n]
+    assert norm_grads
+    for name in norm_grads:
+        assert torch.allclose(fused_grads[name], grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_embedder_fuses_gemma_on_load_and_unfuse_restores(tiny_arch_dir):
+    embedder = Embedder(str(tiny_arch_dir), precision="fp32", device="cpu")
+    fused = [m for m in embedder.model.modules() if "forward" in m.__dict__]
+    if "gemma" not in embedder.model.config.model_type:
+        assert not fused
+        return
+    assert len(fused) == 2 * (4 + 2 + 1) + 1
+    unfuse_gemma(embedder.model)
+    assert not [m for m in embedder.model.modules() if "forward" in m.__dict__]

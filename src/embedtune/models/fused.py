@@ -4,10 +4,12 @@ With LoRA on attention, most of a training step's memory is activations saved fo
 PyTorch Gemma's RMSNorm saves an fp32 copy of its input (2.5 KB per token at width 640) and its GeGLU saves
 four [tokens, 2048] tensors. Measured on Gemma-3-270M that was ~25 of ~55 KB per token and layer. These
 autograd functions save only their bf16 inputs (and the per-token inverse RMS), recompute the cheap parts in
-backward, and run fewer elementwise ops. Forward values are bit-identical to transformers' modules.
+backward, and run fewer elementwise ops. With the eager kernels forward values are bit-identical to
+transformers' modules; the compiled ones round GeGLU's product once instead of twice (bf16).
 
-`fuse_gemma(model)` swaps the forward of every matching module whose own weights are frozen; other
-architectures, trainable norms and other activations are left alone.
+`fuse_gemma(model)` swaps the forward of every matching module (Embedder does it on load, for inference and
+training alike); other architectures and other activations are left alone. The pointwise work runs in compiled
+kernels on CPU (models/kernels.py).
 """
 from __future__ import annotations
 
@@ -35,9 +37,13 @@ class GemmaRMSNormFunction(torch.autograd.Function):
         return layout.restore(y)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
         rows, rstd, scale = ctx.saved_tensors
-        return ctx.layout.restore(kernels.RMS_NORM_BACKWARD(ctx.layout.rows(grad), rows, rstd, scale)), None, None
+        grad_rows = ctx.layout.rows(grad)
+        dx = ctx.layout.restore(kernels.RMS_NORM_BACKWARD(grad_rows, rows, rstd, scale))
+        # Norm weights train only when a user makes them trainable (LoRA freezes them): the eager sum suffices.
+        d_scale = (grad_rows.float() * rows.float() * rstd).sum(0) if ctx.needs_input_grad[1] else None
+        return dx, d_scale, None
 
 
 class GeGLUFunction(torch.autograd.Function):
@@ -79,10 +85,18 @@ def fuse_gemma(model: torch.nn.Module) -> int:
     changed = 0
     for module in model.modules():
         name = type(module).__name__
-        if name in GEMMA_NORMS and not module.weight.requires_grad and hasattr(module, "eps"):
+        if name in GEMMA_NORMS and hasattr(module, "eps"):
             module.forward = types.MethodType(_norm_forward, module)
             changed += 1
         elif name in GEMMA_MLPS and _is_tanh_gelu(module):
             module.forward = types.MethodType(_mlp_forward, module)
             changed += 1
     return changed
+
+
+def unfuse_gemma(model: torch.nn.Module) -> None:
+    """Back to transformers' own forwards (benchmarks compare both)."""
+    for module in model.modules():
+        forward = module.__dict__.get("forward")
+        if getattr(forward, "__func__", None) in (_norm_forward, _mlp_forward):
+            del module.forward

@@ -12,8 +12,11 @@ with one warning, if compiling fails (no C++ compiler, an unsupported platform).
 `EMBEDTUNE_COMPILE_KERNELS=0` keeps everything eager; off the CPU the eager code runs (a GPU's elementwise
 passes are cheap next to its matmuls).
 
-Values: the compiled code computes the same fp32 formulas, but may order a row's sum differently, so an output
-can differ from eager in the last bf16 bit (about 1 in 250,000 values in a measurement).
+Values: the compiled code computes the same fp32 formulas, but it may order a row's sum differently (the norm's
+bf16 output differed from eager in ~4 of a million values) and it rounds GeGLU's product to bf16 once where
+eager rounds gelu(gate) first (22% of the values one bf16 step apart). Through Gemma-3-270M's 18 layers that
+moved bf16 embeddings of STSBenchmark sentences to a mean cosine of 0.9976 with eager bf16 ones, while both stayed
+equally close to fp32 embeddings (mean cosine 0.99737 compiled, 0.99734 eager, 400 sentences).
 """
 from __future__ import annotations
 

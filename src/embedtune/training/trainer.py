@@ -29,7 +29,6 @@ from embedtune.losses.gradcache import CachedInfoNCELoss
 from embedtune.losses.infonce import InfoNCELoss, TripletBatch
 from embedtune.models.attention import training_attention
 from embedtune.models.embedder import Embedder
-from embedtune.models.fused import fuse_gemma
 from embedtune.models.lora import attach_lora, speed_up_lora, trainable_parameters
 from embedtune.training import checkpoint as ckpt
 
@@ -178,10 +177,10 @@ def warn_if_anisotropic(embedder: Embedder, data: TokenizedTriplets, lr: float) 
 
 
 def prepare_for_training(embedder: Embedder, config: Config) -> None:
-    """LoRA on the base model, our faster dropout and fused Gemma ops, train mode: the model every step sees."""
+    """LoRA on the base model, our faster dropout, train mode: the model every step sees (the Embedder has already
+    fused Gemma's norms and GeGLU)."""
     embedder.model = attach_lora(embedder.model, config.lora)
     speed_up_lora(embedder.model, under_autocast=embedder.dtype != torch.float32)
-    fuse_gemma(embedder.model)  # Gemma's norms and GeGLU: same values, about half the saved activations
     if config.train.gradient_checkpointing:
         # With frozen inputs, checkpointed blocks would see no tensor that needs grad and LoRA would get none.
         embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
