@@ -64,12 +64,24 @@ class GeGLUFunction(torch.autograd.Function):
         return d_gate.view(gate.shape), d_up.view(gate.shape)
 
 
+def _needs_graph(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return GemmaRMSNormFunction.apply(x, 1.0 + self.weight.float(), self.eps)
+    scale = 1.0 + self.weight.float()
+    if _needs_graph(x, scale):
+        return GemmaRMSNormFunction.apply(x, scale, self.eps)
+    layout = RowLayout(x)  # inference: the kernel alone, without an autograd node per call
+    return layout.restore(kernels.RMS_NORM_FORWARD(layout.rows(x), scale, self.eps)[0])
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(GeGLUFunction.apply(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    if _needs_graph(gate, up):
+        return self.down_proj(GeGLUFunction.apply(gate, up))
+    width = gate.shape[-1]
+    return self.down_proj(kernels.GEGLU_FORWARD(gate.reshape(-1, width), up.reshape(-1, width)).view(gate.shape))
 
 
 def _is_tanh_gelu(mlp: torch.nn.Module) -> bool:
