@@ -1,6 +1,6 @@
 """Each speed lever alone: seconds per training step and evaluation throughput, switched on one at a time.
 
-    .venv/bin/python benchmarks/levers.py --data-dir ../shared/data [--steps 5] [--batch 32]
+    .venv/bin/python benchmarks/levers.py --data-dir ../shared/data [--steps 5] [--batch 32] [--paired-only]
 
 Training (Gemma-3-270M, LoRA r 8 on q/k/v/o, batch of triplets, forward + backward per step):
   one model per variant, best of N steps after one warm-up:
@@ -12,13 +12,16 @@ Training (Gemma-3-270M, LoRA r 8 on q/k/v/o, batch of triplets, forward + backwa
   +dropout    as above (the reference of this part)
   +math-attn  matmul + softmax attention instead of SDPA's flash kernel for short texts
   +packing    the batch's texts packed into one row, no padding (attention per group of texts)
-  +fused      Gemma's RMSNorm and GeGLU as fused autograd functions (embedtune's default path = all levers)
-Evaluation (3,000 unique STSBenchmark/SICK-R sentences): fp32, bf16 autocast, bf16 weights, + fused Gemma ops.
+  +fused      Gemma's RMSNorm and GeGLU as fused autograd functions, eager kernels
+  +compiled   their pointwise kernels compiled by torch.compile (embedtune's default path = all levers)
+Evaluation (3,000 unique STSBenchmark/SICK-R sentences): fp32, bf16 autocast, bf16 weights, + fused Gemma ops
+(compiled kernels). `--paired-only`: the alternating training part alone.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -30,8 +33,9 @@ from embedtune.data.nli import load_triplets
 from embedtune.data.sts import STS_TASKS, load_sts, resolve_data_dir
 from embedtune.losses.infonce import InfoNCELoss
 from embedtune.models import embedder as embedder_module
-from embedtune.models.embedder import Embedder
+from embedtune.models import kernels
 from embedtune.models.attention import training_attention
+from embedtune.models.embedder import Embedder
 from embedtune.models.fused import fuse_gemma, unfuse_gemma
 from embedtune.models.lora import attach_lora, speed_up_lora
 from embedtune.training.trainer import batch_rows, tokenize_triplets
@@ -74,10 +78,11 @@ def train_step_seconds(model: str, triplets, batch: int, steps: int, chunks: boo
 
 @contextlib.contextmanager
 def lever_state(embedder: Embedder, loss_fn: InfoNCELoss, level: int) -> Iterator[None]:
-    """Levels: 0 +dropout, 1 +math-attn, 2 +packing, 3 +fused."""
+    """Levels: 0 +dropout, 1 +math-attn, 2 +packing, 3 +fused (eager kernels), 4 +compiled (compiled kernels)."""
     loss_fn.packing = level >= 2
     if level >= 3:
         fuse_gemma(embedder.model)
+    os.environ[kernels.ENV] = "1" if level >= 4 else "0"  # read at each call
     try:
         with training_attention(embedder.model) if level >= 1 else contextlib.nullcontext():
             yield
@@ -93,7 +98,7 @@ def paired_levers(model: str, triplets, batch: int, rounds: int) -> None:
     embedder.model.train()
     data = tokenize_triplets(embedder, triplets)
     loss_fn = InfoNCELoss(embedder)
-    names = ["+dropout", "+math-attn", "+packing", "+fused"]
+    names = ["+dropout", "+math-attn", "+packing", "+fused", "+compiled"]
     times: dict[str, list[float]] = {name: [] for name in names}
     for step in range(rounds + 1):
         for level, name in enumerate(names):
@@ -117,10 +122,14 @@ def main() -> None:
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--paired-only", action="store_true", help="only the levers alternating on one model")
     args = parser.parse_args()
     data_dir = resolve_data_dir(args.data_dir)
     triplets, _ = load_triplets(DataConfig(decontaminate=False), data_dir, None)
     triplets = triplets[: args.batch * (args.steps + 1)]
+    if args.paired_only:
+        paired_levers(args.model, triplets, args.batch, args.steps)
+        return
 
     print(f"training, batch {args.batch}, best of {args.steps} steps")
     variants = [("baseline", False, False, False), ("+chunks", True, False, False), ("+bf16", True, True, False),
