@@ -226,3 +226,17 @@ def test_model_failure_is_a_500_without_details(tiny_server, tiny_embedder, monk
     assert "secret" not in json.dumps(body) and "boom" not in json.dumps(body)
     monkeypatch.undo()
     assert len(embed(tiny_server, {"model": "m", "input": "a dog"})["data"]) == 1  # the worker survived
+
+
+def test_service_warms_the_model_up_before_serving(tiny_embedder, monkeypatch):
+    from embedtune.serve import WARMUP_TEXTS, EmbeddingService
+
+    seen = []
+    original = tiny_embedder.encode
+    monkeypatch.setattr(tiny_embedder, "encode", lambda texts, **kw: seen.append(list(texts)) or original(texts, **kw))
+    service = EmbeddingService(tiny_embedder, LIMITS).start()
+    try:
+        assert seen == [list(WARMUP_TEXTS)]  # before any request, outside the batcher
+        assert service.batcher.model_calls == 0
+    finally:
+        service.stop()

@@ -230,6 +230,9 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(p and not p.startswith(".") for p in parts)
 
 
+WARMUP_TEXTS = ("warm-up", "A short sentence to build the kernels before the first request.")
+
+
 class EmbeddingService:
     """The model, its limits and its batcher: what the HTTP layer calls."""
 
@@ -243,6 +246,9 @@ class EmbeddingService:
         self._tokenizer_lock = threading.Lock()
 
     def start(self) -> EmbeddingService:
+        # One encode before the first client: the compiled kernels (models/kernels.py) and the first matmul
+        # kernels are built now, not inside a client's request (18 s on a machine whose compile cache is cold).
+        self.embedder.encode(list(WARMUP_TEXTS))
         self.batcher.start()
         return self
 
