@@ -63,11 +63,11 @@ def peak_gpu_memory() -> dict[str, float]:
             "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved() / 1024 ** 3}
 
 
-def matmul_peak_gflops(seconds: float = 3.0, device: str = "cpu") -> float:
-    """bf16 matmul peak of this machine's `device`, measured now (best of several square products)."""
+def matmul_probe_rates(seconds: float = 3.0, device: str = "cpu") -> list[float]:
+    """GFLOP/s of single square bf16 products on `device`, looped for `seconds` (two sizes, half the time each)."""
     import torch
 
-    best = 0.0
+    rates = []
     wait = synchronize if device != "cpu" else lambda: None
     for n in ((1024, 2048) if device == "cpu" else (4096, 8192)):
         a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
@@ -79,8 +79,13 @@ def matmul_peak_gflops(seconds: float = 3.0, device: str = "cpu") -> float:
             start = time.perf_counter()
             a @ b
             wait()
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-    return best
+            rates.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    return rates
+
+
+def matmul_peak_gflops(seconds: float = 3.0, device: str = "cpu") -> float:
+    """bf16 matmul peak of this machine's `device`, measured now (best of several square products)."""
+    return max(matmul_probe_rates(seconds, device))
 
 
 def shared_triplets(data_dir: str, limit: int):

@@ -46,20 +46,12 @@ from embedtune.training.trainer import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_peer import shared_triplets
+from compare_peer import matmul_probe_rates, shared_triplets
 
 
 def probe(seconds: float = 3.0) -> tuple[float, float]:
-    """Best and median GFLOP/s of single square bf16 products, looped for `seconds`."""
-    rates = []
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-        a @ b
-        end = time.perf_counter() + seconds / 2
-        while time.perf_counter() < end:
-            start = time.perf_counter()
-            a @ b
-            rates.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    """Best and median GFLOP/s of compare_peer's square-product probe."""
+    rates = matmul_probe_rates(seconds)
     return max(rates), statistics.median(rates)
 
 

@@ -29,12 +29,9 @@ GEMMA_MLPS = {"GemmaMLP", "Gemma2MLP", "Gemma3MLP"}  # down(act(gate(x)) * up(x)
 class GemmaRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-        layout = RowLayout(x)
-        rows = layout.rows(x)
-        y, rstd = kernels.RMS_NORM_FORWARD(rows, scale, eps)
+        y, rows, rstd, ctx.layout = _normalize(x, scale, eps)
         ctx.save_for_backward(rows, rstd, scale)
-        ctx.layout = layout
-        return layout.restore(y)
+        return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
@@ -52,16 +49,31 @@ class GeGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        width = gate.shape[-1]
-        return kernels.GEGLU_FORWARD(gate.reshape(-1, width), up.reshape(-1, width)).view(gate.shape)
+        return _geglu(gate, up)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate, up = ctx.saved_tensors
-        width = gate.shape[-1]
-        d_gate, d_up = kernels.GEGLU_BACKWARD(grad.reshape(-1, width), gate.reshape(-1, width),
-                                              up.reshape(-1, width))
+        d_gate, d_up = kernels.GEGLU_BACKWARD(*_as_rows(grad, gate, up))
         return d_gate.view(gate.shape), d_up.view(gate.shape)
+
+
+def _normalize(x: torch.Tensor, scale: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                          RowLayout]:
+    """The norm's output in x's shape and layout, plus what backward needs: x as rows, 1 / rms, the layout."""
+    layout = RowLayout(x)
+    rows = layout.rows(x)
+    y, rstd = kernels.RMS_NORM_FORWARD(rows, scale, eps)
+    return layout.restore(y), rows, rstd, layout
+
+
+def _as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """[..., width] tensors as [rows, width] (the kernels' shape)."""
+    return [t.reshape(-1, t.shape[-1]) for t in tensors]
+
+
+def _geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return kernels.GEGLU_FORWARD(*_as_rows(gate, up)).view(gate.shape)
 
 
 def _needs_graph(*tensors: torch.Tensor) -> bool:
@@ -72,16 +84,12 @@ def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     scale = 1.0 + self.weight.float()
     if _needs_graph(x, scale):
         return GemmaRMSNormFunction.apply(x, scale, self.eps)
-    layout = RowLayout(x)  # inference: the kernel alone, without an autograd node per call
-    return layout.restore(kernels.RMS_NORM_FORWARD(layout.rows(x), scale, self.eps)[0])
+    return _normalize(x, scale, self.eps)[0]  # inference: the kernel alone, without an autograd node per call
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
-    if _needs_graph(gate, up):
-        return self.down_proj(GeGLUFunction.apply(gate, up))
-    width = gate.shape[-1]
-    return self.down_proj(kernels.GEGLU_FORWARD(gate.reshape(-1, width), up.reshape(-1, width)).view(gate.shape))
+    return self.down_proj(GeGLUFunction.apply(gate, up) if _needs_graph(gate, up) else _geglu(gate, up))
 
 
 def _is_tanh_gelu(mlp: torch.nn.Module) -> bool:
