@@ -82,12 +82,17 @@ def lever_state(embedder: Embedder, loss_fn: InfoNCELoss, level: int) -> Iterato
     loss_fn.packing = level >= 2
     if level >= 3:
         fuse_gemma(embedder.model)
+    previous = os.environ.get(kernels.ENV)
     os.environ[kernels.ENV] = "1" if level >= 4 else "0"  # read at each call
     try:
         with training_attention(embedder.model) if level >= 1 else contextlib.nullcontext():
             yield
     finally:
         unfuse_gemma(embedder.model)
+        if previous is None:
+            os.environ.pop(kernels.ENV)
+        else:
+            os.environ[kernels.ENV] = previous
 
 
 def paired_levers(model: str, triplets, batch: int, rounds: int) -> None:
