@@ -220,7 +220,7 @@ def test_model_failure_is_a_500_without_details(tiny_server, tiny_embedder, monk
     def broken(*args, **kwargs):
         raise RuntimeError("boom in /secret/path/model.py")
 
-    monkeypatch.setattr(tiny_embedder, "embed_ids", broken)
+    monkeypatch.setattr(tiny_embedder, "encode_ids", broken)
     status, body = request(tiny_server, "POST", "/v1/embeddings", '{"input": "a dog"}')
     assert status == 500 and body["error"]["type"] == "server_error"
     assert "secret" not in json.dumps(body) and "boom" not in json.dumps(body)

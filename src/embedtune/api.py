@@ -4,21 +4,13 @@ The CLI calls these same functions, so a flag and a keyword argument always mean
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from embedtune.config import Config
-
-
-def build_embedder(config: Config, adapter: str | None = None, precision: str | None = None):
-    from embedtune.models.embedder import Embedder
-
-    m = config.model
-    return Embedder(m.name, adapter=adapter if adapter is not None else m.adapter, pooling=m.pooling,
-                    prompt=m.prompt, max_length=m.max_length, trust_remote_code=m.trust_remote_code,
-                    precision=precision or config.eval.precision)
+from embedtune.config import Config, ModelConfig
 
 
 def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence[str] | None = None,
@@ -27,12 +19,13 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
     """Nine-set (or chosen-task) STS scores of a model: the dict that `embedtune eval` writes as JSON.
 
     `model` is a --model value or an Embedder; `model_options` are ModelConfig fields (adapter, pooling, prompt...).
+    The caller's `config` is left as it was.
     """
     from embedtune.evaluation.report import write_eval_outputs
     from embedtune.evaluation.sts import STSEvaluator
     from embedtune.models.embedder import Embedder
 
-    config = config or Config()
+    config = copy.deepcopy(config) if config is not None else Config()
     if isinstance(model, str):
         config.model.name = model
     config.update({"model": model_options} if model_options else {}, "evaluate()")
@@ -44,7 +37,8 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
     # Data first: a bad file must fail before the model load.
     evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir,
                                         batch_size=config.eval.batch_size, show_progress=show_progress)
-    embedder = model if isinstance(model, Embedder) else build_embedder(config)
+    embedder = model if isinstance(model, Embedder) else Embedder.from_config(config.model,
+                                                                              precision=config.eval.precision)
     result = evaluator(embedder)
     if output or config.eval.output:
         write_eval_outputs(result, output or config.eval.output)
@@ -52,12 +46,29 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
 
 
 def encode(texts: Sequence[str], model: Any = None, **model_options: Any) -> np.ndarray:
-    """L2-normalised embeddings of `texts` (rows in input order)."""
+    """L2-normalised embeddings of `texts` (rows in input order).
+
+    The model stays loaded between calls with the same model and options (one model is kept: the last used);
+    build an `Embedder` yourself to hold several.
+    """
     config = Config()
     if model:
         config.model.name = model
     config.update({"model": model_options} if model_options else {}, "encode()")
-    return build_embedder(config.validate()).encode(texts)
+    return _cached_embedder(config.validate().model).encode(texts)
+
+
+_LAST_EMBEDDER: dict[str, Any] = {}
+
+
+def _cached_embedder(model: ModelConfig):
+    from embedtune.models.embedder import Embedder
+
+    key = repr(model)
+    if key not in _LAST_EMBEDDER:
+        _LAST_EMBEDDER.clear()  # one model at a time: a second would double the memory
+        _LAST_EMBEDDER[key] = Embedder.from_config(model)
+    return _LAST_EMBEDDER[key]
 
 
 def train(config: Config) -> Path:

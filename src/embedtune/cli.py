@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from embedtune.config import LOSSES, Config
+from embedtune.config import LOSSES, POOLINGS, PRECISIONS, Config
 from embedtune.errors import EmbedtuneError, TrainingStopped
 
 # flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
 MODEL_FLAGS = {"model": ("model", "name"), "adapter": ("model", "adapter"), "pooling": ("model", "pooling"),
                "prompt": ("model", "prompt"), "max_length": ("model", "max_length"),
-               "trust_remote_code": ("model", "trust_remote_code")}
+               "trust_remote_code": ("model", "trust_remote_code"), "device": ("model", "device")}
 DATA_FLAGS = {"data_dir": ("data", "data_dir"), "train_file": ("data", "train_files"),
               "anchor_column": ("data", "anchor_column"), "positive_column": ("data", "positive_column"),
               "negative_column": ("data", "negative_column"), "decontaminate": ("data", "decontaminate"),
@@ -45,9 +45,11 @@ def _switch(parser: argparse.ArgumentParser, name: str, help: str) -> None:
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "model", help="packaged alias (gemma3-270m, smollm2-135m, all-minilm-l6-v2), hub id, HF folder or .gguf")
     _flag(p, "adapter", help="LoRA adapter folder to apply (merged at load)")
-    _flag(p, "pooling", choices=["eos", "mean", "cls"], help="default: eos for decoder LMs, mean for encoders")
-    _flag(p, "prompt", help="prompt template, '{}' marks the text (e.g. '{} is:')")
-    _flag(p, "max_length", type=int)
+    _flag(p, "pooling", choices=POOLINGS,
+          help="default: the saved folder's, else eos for decoder LMs and mean for encoders")
+    _flag(p, "prompt", help="prompt template, '{}' marks the text (e.g. '{} is:'); default: the saved folder's")
+    _flag(p, "max_length", type=int, help="tokens per text (default: the saved folder's, else 512)")
+    _flag(p, "device", help="auto (a CUDA GPU when there is one; default) | cpu | cuda | cuda:N")
     _switch(p, "trust_remote_code", "allow the model's own Python code (MiniCPM needs it)")
 
 
@@ -72,7 +74,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                        ("save_total_limit", int), ("chunk_tokens", int), ("mini_batch_tokens", int),
                        ("lora_r", int), ("lora_alpha", int), ("lora_dropout", float), ("eval_batch_size", int)):
         _flag(p, name, type=kind)
-    _flag(p, "precision", choices=["auto", "bf16", "fp32"])
+    _flag(p, "precision", choices=PRECISIONS, help="auto: bf16 where this machine runs it faster (measured)")
     _flag(p, "loss", choices=LOSSES,
           help="cached = GradCache: same loss and gradients, one mini-batch's activations in memory at a time")
     _flag(p, "lora_targets", help="attention (q,k,v,o; default) | qv | all-linear | comma-separated module names")
@@ -85,7 +87,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedtune", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages, and the libraries' info")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("eval", help="score a model on the STS sets")
@@ -93,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     _flag(p, "tasks", nargs="+", help="subset of: sts12 sts13 sts14 sts15 sts16 sts17 stsbenchmark biosses sickr")
     _flag(p, "batch_size", type=int)
-    _flag(p, "precision", choices=["auto", "bf16", "fp32"])
+    _flag(p, "precision", choices=PRECISIONS, help="auto: bf16 where this machine runs it faster (measured)")
     _flag(p, "output", help="results JSON (a Markdown table is written beside it)")
     _flag(p, "config", help="YAML config file")
 
@@ -174,21 +178,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from embedtune.api import build_embedder
     from embedtune.encode_files import check_paths, encode_file
+    from embedtune.models.embedder import Embedder
 
     check_paths(args.input, args.output)  # a wrong path must fail before the model load
-    embedder = build_embedder(config_from_args(args, MODEL_FLAGS))
+    embedder = Embedder.from_config(config_from_args(args, MODEL_FLAGS).model)
     n = encode_file(embedder, args.input, args.output, column=args.column, batch_size=args.batch_size)
     print(f"wrote {n} embeddings to {args.output}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from embedtune.api import build_embedder
+    from embedtune.models.embedder import Embedder
     from embedtune.serve import ServeLimits, serve
 
-    embedder = build_embedder(config_from_args(args, MODEL_FLAGS))
+    embedder = Embedder.from_config(config_from_args(args, MODEL_FLAGS).model)
     limits = ServeLimits(max_batch_size=args.max_batch_size, max_items=args.max_items, max_tokens=args.max_tokens)
     serve(embedder, host=args.host, port=args.port, limits=limits)
     return 0
@@ -200,9 +204,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Stages and progress are info, things to act on are warnings: by default both show; -q keeps warnings
+    only; -v adds our debug messages and the libraries' own info (uvicorn's access log among them)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", force=True)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("embedtune").setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
         return COMMANDS[args.command](args)
     except TrainingStopped as err:

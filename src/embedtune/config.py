@@ -15,10 +15,15 @@ import yaml
 
 from embedtune.errors import ConfigError
 
+# Each choice is spelled here once; the CLI, the Embedder and the backend read these tuples.
 PRECISIONS = ("auto", "bf16", "fp32")
 POOLINGS = ("eos", "mean", "cls")
+DEVICES = ("auto", "cpu", "cuda")  # plus "cuda:N"
 LOSSES = ("infonce", "cached")
 LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
+DEFAULT_MAX_LENGTH = 512  # when neither the config nor a saved embedder folder says otherwise
+# The learnable temperature is kept where logits stay finite and the softmax keeps a gradient (CLIP's bound).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
 
 
 @dataclass
@@ -27,8 +32,9 @@ class ModelConfig:
     adapter: str | None = None
     pooling: str | None = None  # None: eos for decoder LMs, mean for encoders
     prompt: str | None = None  # e.g. '{} is:' (paper Table 5); '{}' marks where the text goes
-    max_length: int = 512
+    max_length: int | None = None  # None: the saved embedder folder's length, else DEFAULT_MAX_LENGTH
     trust_remote_code: bool = False
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -64,7 +70,7 @@ class TrainConfig:
     learnable_temperature: bool = False
     hard_negatives: bool = True
     gradient_checkpointing: bool = False
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: the backend measures whether this machine runs bf16 faster than fp32
     seed: int = 42
     eval_steps: int = 50  # 0 turns dev evaluation off
     save_steps: int = 100
@@ -132,6 +138,9 @@ class Config:
             (t.lr > 0 and math.isfinite(t.lr), f"train.lr must be > 0, got {t.lr}"),
             (t.batch_size >= 2, f"train.batch_size must be >= 2 (in-batch negatives need company), got {t.batch_size}"),
             (t.temperature > 0, f"train.temperature must be > 0, got {t.temperature}"),
+            (not t.learnable_temperature or MIN_TEMPERATURE <= t.temperature <= MAX_TEMPERATURE,
+             f"train.temperature must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] when learnable (it is clamped "
+             f"to that range during training), got {t.temperature}"),
             (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
             (t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}"),
             (0 <= t.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}"),
@@ -147,7 +156,8 @@ class Config:
             (self.eval.precision in PRECISIONS, f"eval.precision must be one of {', '.join(PRECISIONS)}"),
             (self.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.eval.batch_size}"),
             (m.pooling is None or m.pooling in POOLINGS, f"model.pooling must be one of {', '.join(POOLINGS)}"),
-            (m.max_length >= 2, f"model.max_length must be >= 2, got {m.max_length}"),
+            (m.max_length is None or m.max_length >= 2, f"model.max_length must be >= 2, got {m.max_length}"),
+            (is_device(m.device), f"model.device must be one of {', '.join(DEVICES)} or cuda:N, got '{m.device}'"),
             (lo.r >= 1, f"lora.r must be >= 1, got {lo.r}"),
             (lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}"),
             (0 <= lo.dropout < 1, f"lora.dropout must be in [0, 1), got {lo.dropout}"),
@@ -156,6 +166,10 @@ class Config:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def is_device(name: str) -> bool:
+    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
 
 
 def _set_fields(section: Any, values: dict[str, Any], where: str) -> None:

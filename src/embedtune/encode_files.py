@@ -7,14 +7,13 @@ the progress bar. Bad input is a DataError naming the file, line and field, rais
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from embedtune.data.tables import read_table, read_text_strict, text_field
 from embedtune.errors import DataError, ModelError
+from embedtune.files import write_file_atomically
 
 INPUT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
@@ -77,18 +76,14 @@ def encode_file(embedder, input: str | Path, output: str | Path, column: str = "
 def write_embeddings(vectors: np.ndarray, output: str | Path) -> None:
     """Write atomically: a crash or error never leaves a half-written output file."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if output.suffix.lower() == ".npy":
-                np.save(f, np.ascontiguousarray(vectors, dtype=np.float32))
-            else:
-                for index, row in enumerate(vectors):
-                    # 9 significant digits round-trip a float32 exactly.
-                    values = ",".join(format(float(x), ".9g") for x in row)
-                    f.write(f'{{"index":{index},"embedding":[{values}]}}\n'.encode())
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f) -> None:
+        if output.suffix.lower() == ".npy":
+            np.save(f, np.ascontiguousarray(vectors, dtype=np.float32))
+            return
+        for index, row in enumerate(vectors):
+            # 9 significant digits round-trip a float32 exactly.
+            values = ",".join(format(float(x), ".9g") for x in row)
+            f.write(f'{{"index":{index},"embedding":[{values}]}}\n'.encode())
+
+    write_file_atomically(output, write)

@@ -10,11 +10,12 @@ import json
 import logging
 from pathlib import Path
 
-from embedtune.api import build_embedder
 from embedtune.config import Config
 from embedtune.evaluation.report import comparison_markdown, read_metrics, write_eval_outputs
 from embedtune.evaluation.sts import STSEvaluator
-from embedtune.training.trainer import METRICS, train
+from embedtune.models.embedder import Embedder
+from embedtune.training.metrics import METRICS
+from embedtune.training.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,11 @@ def run_experiment(config: Config) -> dict:
     base_path = out / "base.json"
     if config.train.resume and base_path.is_file():
         base = json.loads(base_path.read_text())
-        log.warning("reusing the baseline in %s", base_path)
+        log.info("reusing the baseline in %s", base_path)
     else:
         print("1/3 baseline evaluation", flush=True)
-        base = evaluator(build_embedder(config, adapter=""))
+        # The starting point: the base model, or base + the adapter that training continues from.
+        base = evaluator(Embedder.from_config(config.model, precision=config.eval.precision))
         write_eval_outputs(base, base_path)
     gc.collect()
 
@@ -39,7 +41,7 @@ def run_experiment(config: Config) -> dict:
     gc.collect()
 
     print("3/3 evaluation of the tuned model", flush=True)
-    tuned = evaluator(build_embedder(config, adapter=str(final)))
+    tuned = evaluator(Embedder.from_config(config.model, adapter=str(final), precision=config.eval.precision))
     write_eval_outputs(tuned, out / "tuned.json")
 
     report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"]}

@@ -192,18 +192,15 @@ class Batcher:
             return jobs
 
     def _run(self) -> None:
-        import torch
-
         while (jobs := self._take()) is not None:
             jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             if not jobs:
                 continue
             try:
                 ids = [seq for job in jobs for seq in job.ids]
-                with torch.inference_mode():
-                    vectors = self.embedder.embed_ids(ids, max_tokens=self.limits.max_batch_tokens,
-                                                      max_batch=self.limits.max_batch_size)
-                vectors = vectors.float().cpu().numpy()
+                # The same batcher as `encode` and evaluation: length-sorted padded batches.
+                vectors = self.embedder.encode_ids(ids, batch_size=self.limits.max_batch_size,
+                                                   max_tokens=self.limits.max_batch_tokens)
                 self.model_calls += 1
             except BaseException as err:  # the worker must survive anything one batch does
                 log.exception("embedding batch of %d texts failed", sum(len(j.ids) for j in jobs))
@@ -380,7 +377,8 @@ def serve(embedder, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimi
     """Serve until interrupted (Ctrl-C / SIGTERM)."""
     service = EmbeddingService(embedder, limits, model_id)
     sock = _bind(host, port)
-    server = _uvicorn_server(build_app(service), "info" if log.isEnabledFor(logging.INFO) else "warning")
+    # uvicorn's own info lines (one per request) only with -v: our embedtune logger is at DEBUG then.
+    server = _uvicorn_server(build_app(service), "info" if log.isEnabledFor(logging.DEBUG) else "warning")
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {service.model_id} ({service.dimensions} dims) on http://{shown}:{sock.getsockname()[1]}"
           f"  POST /v1/embeddings, GET /health", flush=True)

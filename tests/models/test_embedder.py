@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embedtune.errors import ConfigError, ModelError
-from embedtune.models.embedder import Embedder, last_token_index, length_sorted_batches
+from embedtune.models.embedder import Embedder, last_token_index
 
 TEXTS = ["A man is playing a guitar.", "x", "the quick brown fox jumps over the lazy dog", "hello world !",
          "A child reads a big old book at the table, in the house ."]
@@ -95,11 +95,3 @@ def test_missing_eos_fails_loudly_at_load(tiny_model_dir, monkeypatch):
 def test_unknown_pooling_is_rejected(tiny_model_dir):
     with pytest.raises(ConfigError, match="pooling"):
         fp32_embedder(tiny_model_dir, pooling="max")
-
-
-def test_length_sorted_batches_respect_budgets():
-    lengths = [5, 50, 7, 12, 50, 3, 9]
-    batches = length_sorted_batches(lengths, max_batch=3, max_tokens=100)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for batch in batches:
-        assert len(batch) <= 3 and len(batch) * max(lengths[i] for i in batch) <= 100

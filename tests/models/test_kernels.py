@@ -23,12 +23,12 @@ def rows(n: int, width: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 def test_compiled_norm_matches_eager(dtype):
     x, grad = rows(37, 24, dtype, 0), rows(37, 24, dtype, 1)
     scale = 1.0 + rows(1, 24, torch.float32, 2)[0] * 0.1
-    y, rstd = kernels.RMS_NORM_FORWARD(x, scale, 1e-6)
+    y, rstd = kernels.RMS_NORM_FORWARD(True, x, scale, 1e-6)
     y_ref, rstd_ref = kernels.rms_norm_forward(x, scale, 1e-6)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # the last bf16 bit may differ
     assert torch.allclose(y.float(), y_ref.float(), atol=tolerance, rtol=tolerance)
     assert torch.allclose(rstd, rstd_ref, rtol=1e-6)
-    dx = kernels.RMS_NORM_BACKWARD(grad, x, rstd, scale)
+    dx = kernels.RMS_NORM_BACKWARD(True, grad, x, rstd, scale)
     assert torch.allclose(dx.float(), kernels.rms_norm_backward(grad, x, rstd, scale).float(), atol=tolerance,
                           rtol=tolerance)
     assert (y.dtype, dx.dtype) == (dtype, dtype)
@@ -38,9 +38,9 @@ def test_compiled_norm_matches_eager(dtype):
 def test_compiled_geglu_matches_eager(dtype):
     gate, up, grad = rows(29, 40, dtype, 3), rows(29, 40, dtype, 4), rows(29, 40, dtype, 5)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2
-    assert torch.allclose(kernels.GEGLU_FORWARD(gate, up).float(), kernels.geglu_forward(gate, up).float(),
+    assert torch.allclose(kernels.GEGLU_FORWARD(True, gate, up).float(), kernels.geglu_forward(gate, up).float(),
                           atol=tolerance, rtol=tolerance)
-    for got, want in zip(kernels.GEGLU_BACKWARD(grad, gate, up), kernels.geglu_backward(grad, gate, up)):
+    for got, want in zip(kernels.GEGLU_BACKWARD(True, grad, gate, up), kernels.geglu_backward(grad, gate, up)):
         assert torch.allclose(got.float(), want.float(), atol=tolerance, rtol=tolerance)
 
 
@@ -66,14 +66,18 @@ def test_failed_compile_falls_back_to_eager(monkeypatch, caplog):
     kernel = Kernel(kernels.geglu_forward)
     gate, up = rows(4, 8, torch.float32, 6), rows(4, 8, torch.float32, 7)
     with caplog.at_level(logging.WARNING, logger="embedtune.models.kernels"):
-        out = kernel(gate, up)
-        kernel(gate, up)
+        out = kernel(True, gate, up)
+        kernel(True, gate, up)
     assert torch.equal(out, kernels.geglu_forward(gate, up))
     assert kernel.failed and sum("compiling geglu_forward failed" in r.message for r in caplog.records) == 1
 
 
 def test_switched_off_runs_eager(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "0")
+    from embedtune.models.backend import Backend
+
+    backend = Backend.for_device("cpu", "fp32")
+    assert backend.compile_kernels is False  # the backend reads the user's switch
     kernel = Kernel(kernels.geglu_forward)
-    kernel(rows(4, 8, torch.float32, 8), rows(4, 8, torch.float32, 9))
+    kernel(backend.compile_kernels, rows(4, 8, torch.float32, 8), rows(4, 8, torch.float32, 9))
     assert kernel.compiled is None

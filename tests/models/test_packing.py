@@ -7,7 +7,7 @@ import torch
 
 from embedtune.errors import ModelError
 from embedtune.models import packing
-from embedtune.models.embedder import Embedder, packed_rows
+from embedtune.models.embedder import Embedder
 from embedtune.models.packing import pack
 
 TEXTS = ["A man is playing a guitar.", "x", "the quick brown fox jumps over the lazy dog " * 2, "hello world !"]
@@ -55,21 +55,13 @@ def test_tail_padding_changes_no_vector_and_no_gradient(tiny_arch_dir):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain_grads, padded_grads))
 
 
-def test_packed_rows_keep_every_text_once_under_the_token_budget():
-    lengths = [30, 5, 12, 12, 40, 3, 7, 25]
-    rows = packed_rows(lengths, max_tokens=50)
-    flat = sorted(i for row in rows for group in row for i in group)
-    assert flat == list(range(len(lengths)))
-    for row in rows:
-        assert sum(lengths[i] for group in row for i in group) <= 50 or sum(len(g) for g in row) == 1
-
-
 def test_packed_vectors_equal_padded_ones_and_the_config_is_restored(tiny_arch_dir):
     embedder = Embedder(str(tiny_arch_dir), precision="fp32", device="cpu")
     ids = embedder.tokenize(TEXTS)
     with torch.no_grad():
-        padded = embedder.embed_ids(ids)
-        packed = embedder.embed_packed(ids, max_tokens=20)
+        padded = embedder.embed_tokens(ids, packing=False)
+        packed = embedder.embed_tokens(ids, max_tokens=20, packing=True)
+    assert embedder.packable
     assert torch.allclose(padded, packed, atol=1e-5)
     assert embedder.model.config._attn_implementation == "sdpa"
 

@@ -174,29 +174,6 @@ def test_lora_on_an_encoder(tiny_tokenizer, tmp_path):
     assert sum(p.numel() for p in wrapped.parameters() if p.requires_grad) == 2 * 2 * (8 * 32 + 32 * 8)
 
 
-def test_nearly_parallel_embeddings_trigger_an_lr_warning(tiny_model_dir, caplog, monkeypatch):
-    from embedtune.training import trainer
-
-    embedder = Embedder(str(tiny_model_dir), precision="fp32", device="cpu")
-    data = trainer.TokenizedTriplets([[5, 6, 1], [7, 8, 1], [9, 1]], [], [])
-    monkeypatch.setattr(trainer, "mean_cosine", lambda e, ids: 0.93)
-    with caplog.at_level("WARNING"):
-        trainer.warn_if_anisotropic(embedder, data, lr=5e-5)
-    assert "nearly parallel" in caplog.text and "lr 2e-4 to 5e-4" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        trainer.warn_if_anisotropic(embedder, data, lr=5e-4)
-    assert "nearly parallel" not in caplog.text
-
-
-def test_mean_cosine_of_identical_texts_is_one(tiny_model_dir):
-    from embedtune.training.trainer import mean_cosine
-
-    embedder = Embedder(str(tiny_model_dir), precision="fp32", device="cpu")
-    ids = embedder.tokenize(["hello world", "hello world", "hello world"])
-    assert mean_cosine(embedder, ids) == pytest.approx(1.0, abs=1e-5)
-
-
 def test_cached_loss_trains_like_the_plain_one(tiny_model_dir, tiny_data_dir, tmp_path):
     runs = {}
     for loss in ("infonce", "cached"):

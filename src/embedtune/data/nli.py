@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from embedtune.config import DataConfig
+from embedtune.data.sts import STSTask, load_sts
 from embedtune.data.tables import TABLE_SUFFIXES, Row, read_table, require_columns
 from embedtune.errors import DataError
 
@@ -151,3 +152,14 @@ def load_triplets(config: DataConfig, data_dir: Path | None, eval_sentences: set
     if len(triplets) < 2:
         raise DataError(f"no training data left after cleaning ({report.summary()})")
     return triplets, report
+
+
+def evaluation_sentences(data_dir: Path | None, tasks: Iterable[STSTask], splits: Iterable[str | None] = (None,)
+                         ) -> set[str]:
+    """Every sentence of the given evaluation tasks and splits: training rows holding one are contamination."""
+    sentences: set[str] = set()
+    for task in tasks:
+        for split in splits:
+            data = load_sts(task, data_dir, split)
+            sentences.update(data.sentences1, data.sentences2)
+    return sentences

@@ -40,12 +40,17 @@ def average_and_std(scores: Sequence[float]) -> tuple[float, float]:
 
 @dataclass
 class STSEvaluator:
-    """A callable: Embedder -> metrics dict (the JSON written by `embedtune eval`)."""
+    """A callable: Embedder -> metrics dict (the JSON written by `embedtune eval`).
+
+    As in sentence-transformers, `primary_metric` names the one number that ranks models (the trainer keeps the
+    checkpoint that maximises it): here the average Spearman x100 over the evaluator's tasks.
+    """
 
     datasets: list[STSData]
     batch_size: int = 64
     show_progress: bool = True
     name_suffix: str = ""
+    primary_metric: str = "average"
     unique_sentences: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +67,9 @@ class STSEvaluator:
         records = resolve_tasks(list(tasks) if tasks else None)
         root = resolve_data_dir(data_dir)
         return cls([load_sts(task, root, split) for task in records], **kwargs)
+
+    def primary_score(self, result: dict) -> float:
+        return float(result[self.primary_metric])
 
     @property
     def n_sentences(self) -> int:

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from embedtune.losses.infonce import InfoNCELoss
-from embedtune.models.embedder import padding_aware_chunks
+from embedtune.models.batching import padding_aware_chunks, restore_order
 
 
 class _ReplayChunks(torch.autograd.Function):
@@ -38,11 +38,8 @@ class CachedInfoNCELoss(InfoNCELoss):
         self._anchor = torch.zeros((), requires_grad=True)
 
     def embed_chunk(self, ids: list[list[int]]) -> torch.Tensor:
-        """One mini-batch: a packed row where the model allows it, else one padded batch (same call both passes)."""
-        if self.packing and self.embedder.packable:
-            # One row: a mini-batch's real tokens fit its budget (a lone longer text gets a row of its own).
-            return self.embedder.embed_packed(ids, max_tokens=self.mini_batch_tokens)
-        return self.embedder.embed_batch(self.embedder.pad(ids))
+        """One mini-batch (its real tokens fit the budget), the same call in both passes."""
+        return self.embedder.embed_tokens(ids, max_tokens=self.mini_batch_tokens, packing=self.packing)
 
     def embed_unique(self, unique: list[list[int]]) -> torch.Tensor:
         chunks = padding_aware_chunks([len(x) for x in unique], self.mini_batch_tokens)
@@ -61,8 +58,7 @@ class CachedInfoNCELoss(InfoNCELoss):
                 vectors.backward(grad[start:start + len(chunk)])
                 start += len(chunk)
 
-        order = torch.tensor([i for chunk in chunks for i in chunk])
-        return _ReplayChunks.apply(self._anchor, cached, replay)[torch.argsort(order)]
+        return _ReplayChunks.apply(self._anchor, cached, replay)[restore_order(chunks)]
 
 
 def _rng_state() -> tuple:

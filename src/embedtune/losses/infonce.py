@@ -6,30 +6,15 @@ target class. With temperature 0.05 this equals sentence-transformers' MultipleN
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from embedtune.config import MAX_TEMPERATURE, MIN_TEMPERATURE
+from embedtune.data.sampling import TripletBatch
 from embedtune.models.embedder import Embedder
-
-
-@dataclass(frozen=True)
-class TripletBatch:
-    """Token ids of one contrastive batch; `negatives` is None for the no-hard-negative ablation."""
-
-    anchors: list[list[int]]
-    positives: list[list[int]]
-    negatives: list[list[int]] | None
-
-    def texts(self) -> list[list[int]]:
-        return self.anchors + self.positives + (self.negatives or [])
-
-    @property
-    def n_tokens(self) -> int:
-        return sum(len(x) for x in self.texts())
 
 
 def gather_candidates(candidates: torch.Tensor, gather_with_grad: bool) -> torch.Tensor:
@@ -70,7 +55,12 @@ def compute_loss_from_embeddings(
 
 
 class InfoNCELoss(nn.Module):
-    """forward(batch) embeds the batch's texts once each, then hands the vectors to compute_loss_from_embeddings."""
+    """forward(batch) embeds the batch's texts once each, then hands the vectors to compute_loss_from_embeddings.
+
+    The temperature is kept as log(1/temperature), as CLIP keeps its logit scale: positive by construction and
+    well-scaled for the optimiser. A learnable one is clamped to [MIN_TEMPERATURE, MAX_TEMPERATURE] by
+    `clamp_temperature()` after each optimiser step, outside the loss; a fixed one is used exactly as given.
+    """
 
     def __init__(self, embedder: Embedder, temperature: float = 0.05, learnable_temperature: bool = False,
                  hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = False,
@@ -81,21 +71,29 @@ class InfoNCELoss(nn.Module):
         self.chunk_tokens = chunk_tokens
         self.gather_with_grad = gather_with_grad
         self.packing = packing
-        # Learn log(1/temperature) as CLIP does: positive by construction and well-scaled for the optimiser.
-        log_scale = torch.tensor(math.log(1.0 / temperature))
-        self.log_scale = nn.Parameter(log_scale) if learnable_temperature else None
-        self.register_buffer("fixed_log_scale", log_scale, persistent=False)
+        log_scale = torch.tensor(math.log(1.0 / temperature), device=embedder.device)
+        if learnable_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale, persistent=False)
+
+    @property
+    def learnable(self) -> bool:
+        return isinstance(self.log_scale, nn.Parameter)
 
     @property
     def temperature(self) -> torch.Tensor:
-        log_scale = self.log_scale if self.log_scale is not None else self.fixed_log_scale
-        return 1.0 / log_scale.clamp(max=math.log(100.0)).exp()
+        return torch.exp(-self.log_scale)
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Keep a learnable temperature in range (called by the trainer after optimizer.step())."""
+        if self.learnable:
+            self.log_scale.clamp_(math.log(1.0 / MAX_TEMPERATURE), math.log(1.0 / MIN_TEMPERATURE))
 
     def embed_unique(self, unique: list[list[int]]) -> torch.Tensor:
         """Vectors of distinct token lists, in order; the cached variant overrides only this."""
-        if self.packing and self.embedder.packable:
-            return self.embedder.embed_packed(unique, max_tokens=self.chunk_tokens)
-        return self.embedder.embed_ids(unique, max_tokens=self.chunk_tokens)
+        return self.embedder.embed_tokens(unique, max_tokens=self.chunk_tokens, packing=self.packing)
 
     def embed(self, batch: TripletBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         unique, inverse = _deduplicate(batch.texts())
@@ -113,4 +111,4 @@ def _deduplicate(texts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]
     """Each distinct token list once (a premise shared by several triplets is encoded once)."""
     index: dict[tuple[int, ...], int] = {}
     inverse = [index.setdefault(tuple(t), len(index)) for t in texts]
-    return [list(k) for k in index], torch.tensor(inverse)
+    return [list(k) for k in index], inverse

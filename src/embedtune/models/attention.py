@@ -6,8 +6,9 @@ head dim 256), forward + backward took 6-13 ms a call with flash and 2-3 ms with
 ~10% of a training step. For inference, and past `MAX_MATH_LENGTH` tokens, flash is as fast or faster, so the
 function hands those calls to transformers' own SDPA attention unchanged.
 
-`training_attention(model)` switches a transformers model to this function for the duration of a block; the
-model's saved config never names it, so exports stay loadable anywhere.
+`training_attention(model)` switches a transformers model to this function for the duration of a block (the CPU
+backend does so for training steps, models/backend.py); the model's saved config never names it, so exports
+stay loadable anywhere.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def training_attention_forward(module: torch.nn.Module, query: torch.Tensor, key
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     use_math = (torch.is_grad_enabled() and query.requires_grad and key.shape[2] <= MAX_MATH_LENGTH
-                and kwargs.get("position_bias") is None and query.device.type == "cpu")
+                and kwargs.get("position_bias") is None)
     if not use_math:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)

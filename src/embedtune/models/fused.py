@@ -7,9 +7,9 @@ autograd functions save only their bf16 inputs (and the per-token inverse RMS), 
 backward, and run fewer elementwise ops. With the eager kernels forward values are bit-identical to
 transformers' modules; the compiled ones round GeGLU's product once instead of twice (bf16).
 
-`fuse_gemma(model)` swaps the forward of every matching module (Embedder does it on load, for inference and
-training alike); other architectures and other activations are left alone. The pointwise work runs in compiled
-kernels on CPU (models/kernels.py).
+`fuse_gemma(model, compile_kernels)` swaps the forward of every matching module (the Embedder does it on load
+where its backend says so, for inference and training alike); other architectures and other activations are
+left alone. The pointwise work runs in compiled kernels where the backend compiles (models/kernels.py).
 """
 from __future__ import annotations
 
@@ -28,42 +28,44 @@ GEMMA_MLPS = {"GemmaMLP", "Gemma2MLP", "Gemma3MLP"}  # down(act(gate(x)) * up(x)
 
 class GemmaRMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-        y, rows, rstd, ctx.layout = _normalize(x, scale, eps)
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, eps: float, compiled: bool) -> torch.Tensor:
+        y, rows, rstd, ctx.layout = _normalize(x, scale, eps, compiled)
         ctx.save_for_backward(rows, rstd, scale)
+        ctx.compiled = compiled
         return y
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None, None]:
         rows, rstd, scale = ctx.saved_tensors
         grad_rows = ctx.layout.rows(grad)
-        dx = ctx.layout.restore(kernels.RMS_NORM_BACKWARD(grad_rows, rows, rstd, scale))
+        dx = ctx.layout.restore(kernels.RMS_NORM_BACKWARD(ctx.compiled, grad_rows, rows, rstd, scale))
         # Norm weights train only when a user makes them trainable (LoRA freezes them): the eager sum suffices.
         d_scale = (grad_rows.float() * rows.float() * rstd).sum(0) if ctx.needs_input_grad[1] else None
-        return dx, d_scale, None
+        return dx, d_scale, None, None
 
 
 class GeGLUFunction(torch.autograd.Function):
     """gelu_tanh(gate) * up, saving only gate and up."""
 
     @staticmethod
-    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor, compiled: bool) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return _geglu(gate, up)
+        ctx.compiled = compiled
+        return _geglu(gate, up, compiled)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         gate, up = ctx.saved_tensors
-        d_gate, d_up = kernels.GEGLU_BACKWARD(*_as_rows(grad, gate, up))
-        return d_gate.view(gate.shape), d_up.view(gate.shape)
+        d_gate, d_up = kernels.GEGLU_BACKWARD(ctx.compiled, *_as_rows(grad, gate, up))
+        return d_gate.view(gate.shape), d_up.view(gate.shape), None
 
 
-def _normalize(x: torch.Tensor, scale: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                          RowLayout]:
+def _normalize(x: torch.Tensor, scale: torch.Tensor, eps: float,
+               compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RowLayout]:
     """The norm's output in x's shape and layout, plus what backward needs: x as rows, 1 / rms, the layout."""
     layout = RowLayout(x)
     rows = layout.rows(x)
-    y, rstd = kernels.RMS_NORM_FORWARD(rows, scale, eps)
+    y, rstd = kernels.RMS_NORM_FORWARD(compiled, rows, scale, eps)
     return layout.restore(y), rows, rstd, layout
 
 
@@ -72,8 +74,8 @@ def _as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.reshape(-1, t.shape[-1]) for t in tensors]
 
 
-def _geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return kernels.GEGLU_FORWARD(*_as_rows(gate, up)).view(gate.shape)
+def _geglu(gate: torch.Tensor, up: torch.Tensor, compiled: bool) -> torch.Tensor:
+    return kernels.GEGLU_FORWARD(compiled, *_as_rows(gate, up)).view(gate.shape)
 
 
 def _needs_graph(*tensors: torch.Tensor) -> bool:
@@ -83,13 +85,16 @@ def _needs_graph(*tensors: torch.Tensor) -> bool:
 def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     scale = 1.0 + self.weight.float()
     if _needs_graph(x, scale):
-        return GemmaRMSNormFunction.apply(x, scale, self.eps)
-    return _normalize(x, scale, self.eps)[0]  # inference: the kernel alone, without an autograd node per call
+        return GemmaRMSNormFunction.apply(x, scale, self.eps, self.compile_kernels)
+    # Inference: the kernel alone, without an autograd node per call.
+    return _normalize(x, scale, self.eps, self.compile_kernels)[0]
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
-    return self.down_proj(GeGLUFunction.apply(gate, up) if _needs_graph(gate, up) else _geglu(gate, up))
+    if _needs_graph(gate, up):
+        return self.down_proj(GeGLUFunction.apply(gate, up, self.compile_kernels))
+    return self.down_proj(_geglu(gate, up, self.compile_kernels))
 
 
 def _is_tanh_gelu(mlp: torch.nn.Module) -> bool:
@@ -100,17 +105,20 @@ def _is_tanh_gelu(mlp: torch.nn.Module) -> bool:
             and inner.func is F.gelu and inner.keywords.get("approximate") == "tanh")
 
 
-def fuse_gemma(model: torch.nn.Module) -> int:
-    """Swap in the fused forwards where they apply; returns how many modules changed."""
+def fuse_gemma(model: torch.nn.Module, compile_kernels: bool = False) -> int:
+    """Swap in the fused forwards where they apply, their pointwise loops compiled when `compile_kernels` (the
+    backend's choice); returns how many modules changed."""
     changed = 0
     for module in model.modules():
         name = type(module).__name__
         if name in GEMMA_NORMS and hasattr(module, "eps"):
             module.forward = types.MethodType(_norm_forward, module)
-            changed += 1
         elif name in GEMMA_MLPS and _is_tanh_gelu(module):
             module.forward = types.MethodType(_mlp_forward, module)
-            changed += 1
+        else:
+            continue
+        module.compile_kernels = compile_kernels
+        changed += 1
     return changed
 
 

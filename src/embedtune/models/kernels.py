@@ -9,8 +9,8 @@ Each kernel is written once as plain torch code (the eager reference); `Kernel` 
 (inductor, dynamic shapes, cached on disk by torch across processes) and falls back to the eager code for good,
 with one warning, if compiling fails (no C++ compiler, an unsupported platform). Kernels take contiguous 2-D
 [rows, width] tensors, so a handful of compiled variants (per dtype) serve every layer and batch shape.
-`EMBEDTUNE_COMPILE_KERNELS=0` keeps everything eager; off the CPU the eager code runs (a GPU's elementwise
-passes are cheap next to its matmuls).
+Whether to compile is the backend's choice (models/backend.py: on CPU, unless `EMBEDTUNE_COMPILE_KERNELS=0`;
+a GPU's elementwise passes are cheap next to its matmuls, so CUDA runs the eager code).
 
 Values: the compiled code computes the same functions in fp32, but it may order a row's sum differently (the
 norm's bf16 output differed from eager in ~4 of a million values), it rounds GeGLU's product to bf16 once where
@@ -79,11 +79,12 @@ def geglu_backward_by_exp(grad: torch.Tensor, gate: torch.Tensor,
 
 
 def compiling_enabled() -> bool:
+    """The user's switch, read by the CPU backend (models/backend.py), which decides whether to compile."""
     return os.environ.get(ENV, "1") != "0"
 
 
 class Kernel:
-    """An eager function and its compiled twin, used for CPU tensors; a failed compile means eager from then on."""
+    """An eager function and its compiled twin; a failed compile means eager from then on."""
 
     def __init__(self, eager: Callable, compile_from: Callable | None = None):
         self.eager = eager
@@ -91,8 +92,9 @@ class Kernel:
         self.compiled: Callable | None = None
         self.failed = False
 
-    def __call__(self, *args):
-        if self.failed or args[0].device.type != "cpu" or not compiling_enabled():
+    def __call__(self, compiled: bool, *args):
+        """Run on `args`, compiled when `compiled` (the backend's choice) and compiling has not failed."""
+        if not compiled or self.failed:
             return self.eager(*args)
         if self.compiled is None:
             self.compiled = torch.compile(self.source, dynamic=True, fullgraph=True)

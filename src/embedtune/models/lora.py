@@ -1,13 +1,17 @@
 """LoRA adapters through peft, with target modules found per architecture."""
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from embedtune.config import LoraConfig
-from embedtune.errors import ConfigError
+from embedtune.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
 
 _LAYER_PREFIX = re.compile(r"^.*?\.\d+\.")
 _QV_LEAVES = {"q_proj", "v_proj", "query", "value", "q", "v", "wq", "wv"}
@@ -37,10 +41,17 @@ def lora_targets(model: nn.Module, targets: str) -> list[str] | str:
     return [t.strip() for t in targets.split(",") if t.strip()]
 
 
-def attach_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
-    """Wrap the base model with trainable LoRA adapters; every other weight is frozen."""
+def attach_lora(model: nn.Module, config: LoraConfig, adapter: str | None = None) -> nn.Module:
+    """Wrap the base model with trainable LoRA adapters; every other weight is frozen. With `adapter`, training
+    continues from that saved adapter (its own rank and targets; `config` then only gives the dropout)."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
+
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
+        log.info("training continues from the adapter in %s (its rank and targets)", adapter)
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
 
     peft_config = PeftLoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
                                  target_modules=lora_targets(model, config.targets), bias="none")
@@ -96,15 +107,29 @@ class SharedMaskDropout(nn.Module):
         return self.shared["output"]
 
 
-def speed_up_lora(model: nn.Module, under_autocast: bool) -> None:
-    """Cheaper LoRA dropout everywhere; under autocast, keep bf16 inputs bf16 (peft would upcast them to the
-    adapters' fp32, and autocast would cast them straight back)."""
+def speed_up_lora(model: nn.Module, under_autocast: bool, shared_dropout: bool = True) -> None:
+    """Cheaper LoRA dropout where the backend asks for it (`shared_dropout`); under autocast, keep bf16 inputs
+    bf16 (peft would upcast them to the adapters' fp32, and autocast would cast them straight back)."""
     shared: dict = {}
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if isinstance(dropouts, nn.ModuleDict):
             for name, layer in dropouts.items():
-                if isinstance(layer, nn.Dropout):
+                if shared_dropout and isinstance(layer, nn.Dropout):
                     dropouts[name] = SharedMaskDropout(layer.p, shared)
             if under_autocast:
                 module.cast_input_dtype_enabled = False
+
+
+def prepare_for_training(embedder, config: LoraConfig, adapter: str | None = None,
+                         gradient_checkpointing: bool = False) -> None:
+    """LoRA on the base model, the backend's dropout, train mode: the model every step sees (the Embedder has
+    already made its backend's load-time choices, such as fused Gemma ops)."""
+    embedder.model = attach_lora(embedder.model, config, adapter)
+    speed_up_lora(embedder.model, under_autocast=embedder.dtype != torch.float32,
+                  shared_dropout=embedder.backend.shared_dropout)
+    if gradient_checkpointing:
+        # With frozen inputs, checkpointed blocks would see no tensor that needs grad and LoRA would get none.
+        embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        embedder.model.enable_input_require_grads()
+    embedder.model.train()

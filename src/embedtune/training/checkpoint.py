@@ -5,15 +5,15 @@ RNG states, the step (which fixes the data position) and the best dev score so f
 """
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from embedtune.files import write_folder_atomically
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
@@ -41,42 +41,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_adapter_atomically(model, target: Path) -> Path:
     """Write a peft adapter folder under a temporary name, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        model.save_pretrained(tmp)
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_folder_atomically(target, model.save_pretrained)
 
 
 def save_checkpoint(output_dir: Path, step: int, model, state: dict[str, Any], keep: int) -> Path:
-    root = output_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}-"))
-    try:
-        model.save_pretrained(tmp / ADAPTER_DIR)
-        torch.save(state, tmp / STATE_FILE)
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder / ADAPTER_DIR)
+        torch.save(state, folder / STATE_FILE)
+
+    target = write_folder_atomically(output_dir / CHECKPOINTS / f"step-{step:07d}", write)
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    # os.replace cannot overwrite a non-empty directory: move the old one aside first, then drop it.
-    if target.exists():
-        aside = target.with_name(f".{target.name}-old")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(target, aside)
-        os.replace(source, target)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(source, target)
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

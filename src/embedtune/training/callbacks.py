@@ -1,0 +1,31 @@
+"""Hooks into the training loop, for benchmarks and integrations that watch a run without patching it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainState:
+    """What a callback may read (and, for `total_steps`, change before the learning-rate decay matters)."""
+
+    output_dir: Path
+    step: int
+    total_steps: int
+    embedder: Any
+    loss_fn: Any
+    optimizer: Any
+    best: dict = field(default_factory=lambda: {"step": None, "score": None})
+
+
+class Callback:
+    """Override what you need; every hook is a no-op by default."""
+
+    def on_train_start(self, state: TrainState) -> None: ...
+
+    def on_step_end(self, state: TrainState, event: dict) -> None: ...
+
+    def on_evaluate(self, state: TrainState, event: dict) -> None: ...
+
+    def on_train_end(self, state: TrainState, final: Path) -> None: ...
