@@ -81,6 +81,7 @@ class TrainConfig:
     loss: str = "infonce"  # infonce | cached (GradCache: one mini-batch's activations at a time, ~1 extra forward)
     mini_batch_tokens: int = 1024  # cached loss: tokens per mini-batch
     log_steps: int = 1
+    time_budget: str | None = None  # `run` only: e.g. '20m', '1h30m'; sizes steps and dev evaluation to fit
 
 
 @dataclass
@@ -165,6 +166,11 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if t.time_budget is not None:
+            from embedtune.training.budget import parse_duration
+
+            if parse_duration(t.time_budget) <= 0:
+                raise ConfigError(f"train.time_budget must be positive, got '{t.time_budget}'")
         return self
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from pathlib import Path
 
 from embedtune.config import Config
@@ -15,12 +16,17 @@ from embedtune.evaluation.report import comparison_markdown, read_metrics, write
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.models.embedder import Embedder
 from embedtune.training.metrics import METRICS
-from embedtune.training.trainer import train
+from embedtune.files import write_text_atomically
+from embedtune.training.budget import TimeBudget, format_duration, parse_duration
+from embedtune.training.trainer import dev_evaluator, train
+
+PLAN_FILE = "plan.json"
 
 log = logging.getLogger(__name__)
 
 
 def run_experiment(config: Config) -> dict:
+    started = time.perf_counter()
     out = Path(config.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
@@ -37,19 +43,40 @@ def run_experiment(config: Config) -> dict:
     gc.collect()
 
     print("2/3 training", flush=True)
-    final = train(config)
+    budget = time_budget(config, base, started)
+    final = train(config, callbacks=[budget])
+    plan = _keep_plan(budget, out / PLAN_FILE)
     gc.collect()
 
     print("3/3 evaluation of the tuned model", flush=True)
     tuned = evaluator(Embedder.from_config(config.model, adapter=str(final), precision=config.eval.precision))
     write_eval_outputs(tuned, out / "tuned.json")
 
-    report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"]}
+    report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": plan,
+              "seconds": round(time.perf_counter() - started, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plots = [p for p in (out / "loss.png", out / "dev_spearman.png") if p.is_file()]  # drawn by train()
     (out / "report.md").write_text(_report_markdown(config, report, plots, out))
     report["paths"] = {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}
     return report
+
+
+def time_budget(config: Config, base: dict, started: float) -> TimeBudget:
+    """The budget callback, with evaluation costs estimated from the timed baseline evaluation."""
+    per_sentence = base["seconds"] / max(1, base.get("unique_sentences") or 1)
+    dev = dev_evaluator(config)
+    dev_s = per_sentence * len(dev.unique_sentences) if dev is not None else 0.0
+    budget_s = parse_duration(config.train.time_budget) if config.train.time_budget else None
+    return TimeBudget(budget_s, started, final_eval_s=base["seconds"], dev_eval_s=dev_s,
+                      eval_steps=config.train.eval_steps)
+
+
+def _keep_plan(budget: TimeBudget, path: Path) -> dict | None:
+    """The plan made in this process, or the one a resumed run made before (plan.json)."""
+    if budget.plan is not None:
+        write_text_atomically(path, json.dumps(budget.plan.as_dict(), indent=2) + "\n")
+        return budget.plan.as_dict()
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path) -> str:
@@ -66,6 +93,12 @@ def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path)
     if dev:
         text += "\n| step | STSBenchmark dev |\n|---:|---:|\n"
         text += "".join(f"| {e['step']} | {next(iter(e['eval'].values())):.2f} |\n" for e in dev)
+    plan = report.get("plan")
+    if plan:
+        budget = f" within a budget of {format_duration(plan['budget_s'])}" if plan.get("budget_s") else ""
+        text += (f"\nPlan{budget}: {plan['steps']} steps, dev evaluation every {plan['eval_steps']} steps; "
+                 f"estimated {format_duration(plan['estimated_s'])}, took {format_duration(report['seconds'])}."
+                 + "".join(f" {n}." for n in plan.get("notes", [])) + "\n")
     data_report = out / "data_report.json"
     if data_report.is_file():
         counts = json.loads(data_report.read_text())

@@ -8,11 +8,13 @@ from typing import Any
 
 @dataclass
 class TrainState:
-    """What a callback may read (and, for `total_steps`, change before the learning-rate decay matters)."""
+    """What a callback may read (and, for `total_steps` and `eval_steps`, change early in a run: the learning-rate
+    schedule reads `total_steps` at every step)."""
 
     output_dir: Path
     step: int
     total_steps: int
+    eval_steps: int  # 0: no dev evaluation
     embedder: Any
     loss_fn: Any
     optimizer: Any

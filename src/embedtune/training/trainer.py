@@ -74,8 +74,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     warn_if_anisotropic(embedder, data.anchors[:32], t.lr)
     loss_fn = build_loss(config.train, embedder)
     optimizer, params = build_optimizer(embedder.model, loss_fn, t.lr, t.weight_decay)
-    state = TrainState(out, 0, total_steps(len(data), t.batch_size, t.epochs, t.max_steps), embedder, loss_fn,
-                       optimizer)
+    state = TrainState(out, 0, total_steps(len(data), t.batch_size, t.epochs, t.max_steps), t.eval_steps, embedder,
+                       loss_fn, optimizer)
     scheduler = cosine_with_warmup(optimizer, t.warmup_ratio, lambda: state.total_steps)
     flops_per_token = 4 * non_embedding_parameters(embedder.model)  # LoRA: forward 2N + input-grad backward 2N
 
@@ -89,13 +89,14 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
         ckpt.set_rng_state(saved["rng"])
         state.step, state.best = saved["step"], saved["best"]
         state.total_steps = saved.get("total_steps", state.total_steps)
+        state.eval_steps = saved.get("eval_steps", state.eval_steps)
         log.info("resuming from %s (step %d)", latest, state.step)
     metrics = MetricsLog(out / METRICS, state.step if latest is not None else None)
 
     def save(at_step: int) -> Path:
-        saved = {"step": at_step, "total_steps": state.total_steps, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "loss": loss_fn.state_dict(), "rng": ckpt.rng_state(),
-                 "best": state.best}
+        saved = {"step": at_step, "total_steps": state.total_steps, "eval_steps": state.eval_steps,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loss": loss_fn.state_dict(),
+                 "rng": ckpt.rng_state(), "best": state.best}
         return ckpt.save_checkpoint(out, at_step, embedder.model, saved, t.save_total_limit)
 
     for callback in callbacks:
@@ -134,7 +135,7 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
             bar.update(1)
 
             last_step = state.step == state.total_steps
-            if evaluator is not None and (state.step % t.eval_steps == 0 or last_step):
+            if evaluator is not None and state.eval_steps and (state.step % state.eval_steps == 0 or last_step):
                 result = evaluator(embedder)
                 event = {"step": state.step, "eval": {k: v["spearman"] for k, v in result["tasks"].items()}}
                 metrics.write(event)
