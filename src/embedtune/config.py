@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -101,13 +102,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "Config":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
         config = cls()
         config.update(raw, source)
         return config
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Config":
+    def from_yaml(cls, path: str | Path) -> Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -132,7 +133,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Reject invalid values before any long work starts."""
         t, m, lo = self.train, self.model, self.lora
         checks = [
@@ -167,11 +168,22 @@ class Config:
             if not ok:
                 raise ConfigError(message)
         if t.time_budget is not None:
-            from embedtune.training.budget import parse_duration
-
             if parse_duration(t.time_budget) <= 0:
                 raise ConfigError(f"train.time_budget must be positive, got '{t.time_budget}'")
         return self
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """'20m', '1h30m', '90s' or plain seconds ('900') -> seconds."""
+    cleaned = text.strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+        raise ConfigError(f"time budget must look like 20m, 1h30m, 90s or 900 (seconds), got '{text}'")
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
 def is_device(name: str) -> bool:

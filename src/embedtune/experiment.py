@@ -11,13 +11,13 @@ import logging
 import time
 from pathlib import Path
 
-from embedtune.config import Config
+from embedtune.config import Config, parse_duration
 from embedtune.evaluation.report import comparison_markdown, read_metrics, write_eval_outputs
 from embedtune.evaluation.sts import STSEvaluator
-from embedtune.models.embedder import Embedder
-from embedtune.training.metrics import METRICS
 from embedtune.files import write_text_atomically
-from embedtune.training.budget import TimeBudget, format_duration, parse_duration
+from embedtune.models.embedder import Embedder
+from embedtune.training.budget import TimeBudget, format_duration
+from embedtune.training.metrics import METRICS
 from embedtune.training.trainer import dev_evaluator, train
 
 PLAN_FILE = "plan.json"

@@ -8,7 +8,8 @@ import pytest
 
 from embedtune.cli import main
 from embedtune.errors import ConfigError
-from embedtune.training.budget import PROBE_STEPS, TimeBudget, parse_duration
+from embedtune.config import parse_duration
+from embedtune.training.budget import PROBE_STEPS, TimeBudget
 from embedtune.training.callbacks import TrainState
 
 

@@ -6,9 +6,9 @@ as in SimCSE's `nli_for_simcse.csv` (columns `sent0, sent1, hard_neg`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 from embedtune.config import DataConfig
 from embedtune.data.sts import STSTask, load_sts

@@ -59,7 +59,7 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
             continue
         if len(record) != len(header):
             raise DataError(f"expected {len(header)} fields, found {len(record)}", file=str(path), line=reader.line_num)
-        rows.append(Row(reader.line_num, dict(zip(header, record))))
+        rows.append(Row(reader.line_num, dict(zip(header, record, strict=True))))
     if not rows:
         raise DataError(f"no data rows (header: {', '.join(header)})", file=str(path), line=1)
     return rows

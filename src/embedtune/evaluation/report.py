@@ -72,14 +72,14 @@ def plot_training(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     train = [(e["step"], e["loss"]) for e in events if "loss" in e]
     if train:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*train), lw=1, label="training loss")
+        ax.plot(*zip(*train, strict=True), lw=1, label="training loss")
         ax.set_xlabel("step"), ax.set_ylabel("InfoNCE loss"), ax.grid(alpha=0.3)
         fig.tight_layout(), fig.savefig(out_dir / "loss.png", dpi=120), plt.close(fig)
         written.append(out_dir / "loss.png")
     dev = [(e["step"], v) for e in events if "eval" in e for v in e["eval"].values()]
     if dev:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*dev), marker="o", lw=1)
+        ax.plot(*zip(*dev, strict=True), marker="o", lw=1)
         ax.set_xlabel("step"), ax.set_ylabel("STSBenchmark dev Spearman x100"), ax.grid(alpha=0.3)
         fig.tight_layout(), fig.savefig(out_dir / "dev_spearman.png", dpi=120), plt.close(fig)
         written.append(out_dir / "dev_spearman.png")

@@ -5,9 +5,9 @@ Each unique sentence is encoded once across all tasks (the nine sets hold 48,400
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -62,7 +62,7 @@ class STSEvaluator:
 
     @classmethod
     def from_tasks(cls, tasks: Sequence[str] | None = None, data_dir: str | Path | None = None,
-                   split: str | None = None, **kwargs) -> "STSEvaluator":
+                   split: str | None = None, **kwargs) -> STSEvaluator:
         # Every file is read and checked before any model work starts.
         records = resolve_tasks(list(tasks) if tasks else None)
         root = resolve_data_dir(data_dir)

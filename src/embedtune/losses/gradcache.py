@@ -7,7 +7,7 @@ Loss and gradients equal the plain InfoNCELoss; memory holds one chunk's activat
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -52,7 +52,7 @@ class CachedInfoNCELoss(InfoNCELoss):
 
         def replay(grad: torch.Tensor) -> None:
             start = 0
-            for chunk, state in zip(chunks, rng_states):
+            for chunk, state in zip(chunks, rng_states, strict=True):
                 _set_rng_state(state)
                 vectors = self.embed_chunk([unique[i] for i in chunk])
                 vectors.backward(grad[start:start + len(chunk)])

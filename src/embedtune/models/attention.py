@@ -96,7 +96,7 @@ def use_attention(model: torch.nn.Module, name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        for config, previous in zip(configs, before):
+        for config, previous in zip(configs, before, strict=True):
             config._attn_implementation = previous
 
 

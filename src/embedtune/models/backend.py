@@ -4,7 +4,7 @@ Every speed path the Embedder, the losses and the trainer take is read from the 
 
 | choice | CPU | CUDA |
 |---|---|---|
-| dtype (`precision=auto`) | bf16 only where a short measured matmul probe finds it faster than fp32 | bf16 where supported |
+| dtype (`precision=auto`) | bf16 only where a measured matmul probe finds it faster than fp32 | bf16 if supported |
 | Gemma norms/GeGLU fused (`models/fused.py`) | yes, pointwise loops compiled (`models/kernels.py`) | yes, eager loops |
 | training attention for short texts | matmul + softmax (`models/attention.py`) | transformers' SDPA |
 | packed rows (`models/packing.py`) | per-group matmul attention | the same function |
@@ -29,7 +29,8 @@ from embedtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PACKED_ROW_MULTIPLE = 64
-PROBE_SHAPE = (256, 512, 512)  # rows x inner x out: large enough to reach the fast kernels, small enough for ~1 s where bf16 is emulated
+# rows x inner x out: large enough to reach the fast kernels, small enough for ~1 s where bf16 is emulated
+PROBE_SHAPE = (256, 512, 512)
 BF16_MIN_SPEEDUP = 1.2  # bf16 must beat fp32 by this much to be chosen: it also costs accuracy
 
 
@@ -87,7 +88,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but this torch build sees no CUDA GPU (torch {torch.__version__})")
+        raise ConfigError(f"device '{name}' asked for, but this torch build sees no CUDA GPU "
+                          f"(torch {torch.__version__})")
     return torch.device(name)
 
 

@@ -27,7 +27,8 @@ def attention_linears(model: nn.Module) -> list[str]:
 
 
 def lora_targets(model: nn.Module, targets: str) -> list[str] | str:
-    """attention: every attention projection (q, k, v, o); qv: the paper repo's q_proj, v_proj; all-linear; or a list."""
+    """attention: every attention projection (q, k, v, o); qv: the paper repo's q_proj, v_proj; all-linear;
+    or a comma-separated list."""
     if targets == "all-linear":
         return "all-linear"
     if targets in ("attention", "qv"):

@@ -90,7 +90,7 @@ def pack(ids: Sequence[Sequence[int]], groups: Sequence[Sequence[int]], multiple
         keys_real = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]  # [texts, width]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         allowed = (causal[None] & keys_real[:, None, :])[:, None]
-        for i, n in zip(group, lengths):
+        for i, n in zip(group, lengths, strict=True):
             flat.extend(ids[i])
             positions.extend(range(n))
             last.append(start + n - 1)

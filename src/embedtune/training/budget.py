@@ -6,27 +6,14 @@ prints it, and the run's report keeps it. Without a budget the same measurements
 """
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
-from embedtune.errors import ConfigError
 from embedtune.training.callbacks import Callback, TrainState
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
 PROBE_STEPS = 3  # steps timed before planning; the first one (kernel compiles, allocator warm-up) is left out
 DEV_EVAL_SHARE = 0.15  # the dev evaluations may take at most this share of the training time
-
-
-def parse_duration(text: str) -> float:
-    """'20m', '1h30m', '90s' or plain seconds ('900') -> seconds."""
-    cleaned = text.strip().lower().replace(" ", "")
-    parts = _PART.findall(cleaned)
-    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
-        raise ConfigError(f"time budget must look like 20m, 1h30m, 90s or 900 (seconds), got '{text}'")
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
 def format_duration(seconds: float) -> str:
