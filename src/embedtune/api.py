@@ -5,8 +5,9 @@ The CLI calls these same functions, so a flag and a keyword argument always mean
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,8 +86,23 @@ def run(config: Config) -> dict:
     return run_experiment(config.validate())
 
 
-def export(model: str, adapter: str | None, out: str | Path, **options: Any) -> Path:
-    """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself."""
+def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bool = False,
+           card_info: dict | None = None, **options: Any) -> Path:
+    """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself.
+
+    `model` is a --model value or a ModelConfig; `adapter` (None: the ModelConfig's) and `options` (ModelConfig
+    fields: pooling, prompt, max_length, trust_remote_code) are set on it.
+    """
+    import dataclasses
+
+    from embedtune.config import ModelConfig
     from embedtune.export import export_model
 
-    return export_model(model, adapter, out, **options)
+    config = Config()
+    if isinstance(model, ModelConfig):
+        config.model = dataclasses.replace(model)
+    else:
+        config.model.name = model
+    given = {**options, **({"adapter": adapter} if adapter is not None else {})}
+    config.update({"model": given} if given else {}, "export()")
+    return export_model(config.validate().model, out, adapter_only=adapter_only, card_info=card_info)

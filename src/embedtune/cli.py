@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from embedtune.config import LOSSES, POOLINGS, PRECISIONS, Config
 from embedtune.errors import EmbedtuneError, TrainingStopped
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p = sub.add_parser("run", help="baseline eval + training + eval + report, in one command")
     _add_train_flags(p)
+    _flag(p, "time_budget", help="wall-clock budget, e.g. 20m or 1h30m: steps and dev evaluation are sized to fit")
 
     p = sub.add_parser("export", help="merge an adapter and write a sentence-transformers folder")
     _add_model_flags(p)
@@ -161,7 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from embedtune.api import run
 
-    report = run(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS))
+    report = run(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS | {"time_budget": ("train",
+                                                                                                 "time_budget")}))
     print(f"report: {report['paths']['report_md']}")
     return 0
 
@@ -170,9 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from embedtune.export import export_model
 
     config = config_from_args(args, MODEL_FLAGS)
-    m = config.model
-    out = export_model(m.name, m.adapter, args.out, adapter_only=args.adapter_only, pooling=m.pooling,
-                       prompt=m.prompt, max_length=m.max_length, trust_remote_code=m.trust_remote_code)
+    out = export_model(config.model, args.out, adapter_only=args.adapter_only)
     print(f"exported to {out}")
     return 0
 

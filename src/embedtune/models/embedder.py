@@ -21,7 +21,14 @@ from embedtune.errors import ConfigError, ModelError
 from embedtune.models.backend import Backend
 from embedtune.models.batching import length_sorted_batches, packed_rows, padding_aware_chunks, restore_order
 from embedtune.models.fused import fuse_gemma
-from embedtune.models.loading import DEFAULT_MODEL, load_base_model, load_tokenizer, resolve_model, saved_settings
+from embedtune.models.loading import (
+    DEFAULT_MODEL,
+    adapter_settings,
+    load_base_model,
+    load_tokenizer,
+    resolve_model,
+    saved_settings,
+)
 from embedtune.models.packing import can_pack, pack, packed_attention
 
 log = logging.getLogger(__name__)
@@ -67,7 +74,7 @@ class Embedder:
         else:
             source = resolve_model(model or DEFAULT_MODEL)
             self.name = source.name
-            saved = saved_settings(source)
+            saved = saved_settings(source) | adapter_settings(adapter)
             tokenizer = tokenizer or load_tokenizer(source, trust_remote_code)
             # Loaded straight in the working dtype: an fp32 copy first would double the load-time peak.
             self.model = load_base_model(source, trust_remote_code, dtype=self.dtype)
@@ -97,6 +104,7 @@ class Embedder:
             if tokenizer.eos_token_id is None:
                 raise ModelError(f"{self.name}: tokenizer has no EOS token, which eos pooling needs")
             self.eos_id: int | None = int(tokenizer.eos_token_id)
+            self.tokenizer_adds_eos = tokenizer("x", add_special_tokens=True)["input_ids"][-1] == self.eos_id
             self.check_eos()
         else:
             self.eos_id = None
@@ -119,7 +127,8 @@ class Embedder:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text; for eos pooling each list ends with exactly one EOS."""
         texts = [self.apply_prompt(t) for t in texts]
-        limit = self.max_length - 1 if self.eos_id is not None else self.max_length
+        # Room for the EOS we append, unless the tokenizer appends it itself (an exported one does).
+        limit = self.max_length - 1 if self.eos_id is not None and not self.tokenizer_adds_eos else self.max_length
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
         if self.eos_id is None:
             return [list(x) for x in ids]

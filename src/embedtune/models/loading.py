@@ -12,15 +12,14 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from embedtune.errors import ModelError
+from embedtune.files import write_folder_atomically
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def resolve_model(spec: str | None) -> ModelSource:
         if not (path / "config.json").is_file():
             raise ModelError(f"{spec}: folder has no config.json (not a Hugging Face model folder)")
         return ModelSource(spec, str(path), True)
-    if path.exists() or _looks_like_path(spec):
+    if path.exists() or not is_hub_id(spec):
         raise ModelError(f"model path not found: {spec}")
     return ModelSource(spec, spec, False)
 
@@ -98,9 +97,106 @@ def resolve_model(spec: str | None) -> ModelSource:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
-def _looks_like_path(spec: str) -> bool:
-    # A hub id is "name" or "org/name"; anything else must exist locally.
-    return not _HUB_ID.match(spec)
+def is_hub_id(spec: str) -> bool:
+    """A hub id is "name" or "org/name" that is not an existing local path; anything else must exist locally."""
+    return bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
+
+
+# ---- settings saved with an exported embedder ----------------------------------------------------------------
+EXPORT_INFO_FILE = "embedtune_export.json"  # written by embedtune.export beside the weights
+ST_POOLING_MODES = {"pooling_mode_lasttoken": "eos", "pooling_mode_mean_tokens": "mean",
+                    "pooling_mode_cls_token": "cls"}
+# sentence-transformers >= 5 writes one "pooling_mode" name instead of the boolean flags above.
+ST_POOLING_NAMES = {"lasttoken": "eos", "mean": "mean", "cls": "cls"}
+MERGED_FORMAT = "sentence-transformers"  # embedtune_export.json "format" of a merged export
+_NO_LENGTH = 1_000_000  # tokenizers without a length say model_max_length=1e30; anything this big means unset
+
+
+def saved_settings(source: ModelSource) -> dict:
+    """Pooling, prompt and max length saved in a local embedtune or sentence-transformers folder (only the
+    keys found): a saved folder is its own config, and explicit options still override these defaults.
+
+    A merged export's tokenizer applies the prompt itself (so that sentence-transformers gets it), so its
+    saved prompt is "": the Embedder must not prepend it a second time.
+    """
+    if not source.is_local:
+        return {}
+    folder = Path(source.location)
+    settings = _sentence_transformers_settings(folder)
+    export_info = _read_json(folder / EXPORT_INFO_FILE)
+    settings |= _export_info_settings(export_info)
+    if export_info.get("format") == MERGED_FORMAT and export_info.get("prompt"):
+        settings["prompt"] = ""
+    return settings
+
+
+def adapter_settings(adapter: str | Path | None) -> dict:
+    """Pooling, prompt and max length saved with an adapter-only export (only the keys found), to use as
+    defaults when that adapter is loaded onto its base: the adapter was trained with them."""
+    if not adapter:
+        return {}
+    return _export_info_settings(_read_json(Path(adapter).expanduser() / EXPORT_INFO_FILE))
+
+
+def _export_info_settings(export_info: dict) -> dict:
+    """The valid pooling/prompt/max_length entries of an embedtune_export.json (a bad value is ignored)."""
+    settings: dict = {}
+    if export_info.get("pooling") in ST_POOLING_NAMES.values():
+        settings["pooling"] = export_info["pooling"]
+    if isinstance(export_info.get("prompt"), str):
+        settings["prompt"] = export_info["prompt"]
+    if _is_length(export_info.get("max_length")):
+        settings["max_length"] = export_info["max_length"]
+    return settings
+
+
+def _sentence_transformers_settings(folder: Path) -> dict:
+    """Pooling and max length of a sentence-transformers folder, in the old (boolean pooling flags,
+    sentence_bert_config.json max_seq_length) and new (pooling_mode, tokenizer model_max_length) formats."""
+    modules = _read_json(folder / "modules.json", default=[])
+    if not modules:
+        return {}
+    settings: dict = {}
+    pooling_path = next((m.get("path") for m in modules if isinstance(m, dict)
+                         and str(m.get("type", "")).endswith("Pooling")), None)
+    if pooling_path:
+        pooling = _st_pooling(_read_json(folder / pooling_path / "config.json"))
+        if pooling:
+            settings["pooling"] = pooling
+    length = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+    if not _is_length(length):
+        length = _read_json(folder / "tokenizer_config.json").get("model_max_length")
+    if _is_length(length) and length < _NO_LENGTH:
+        settings["max_length"] = length
+    return settings
+
+
+def _st_pooling(config: dict) -> str | None:
+    """embedtune's name for a sentence-transformers pooling config, or None when it has no equivalent."""
+    modes = config.get("pooling_mode")
+    if isinstance(modes, str):
+        modes = [modes]
+    if isinstance(modes, list):
+        names = [ST_POOLING_NAMES.get(mode) for mode in modes]
+    else:
+        names = [name for key, name in ST_POOLING_MODES.items() if config.get(key)]
+        if any(config.get(key) for key in config if key.startswith("pooling_mode_") and key not in ST_POOLING_MODES):
+            names.append(None)  # max, weightedmean...: not something embedtune can reproduce
+    return names[0] if len(names) == 1 else None
+
+
+def _is_length(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 2
+
+
+def _read_json(path: Path, default=None):
+    """A small side file's JSON, or `default` ({} unless given) when it is absent or unreadable."""
+    default = {} if default is None else default
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    return value if isinstance(value, type(default)) else default
 
 
 def gguf_architecture(path: Path) -> str:
@@ -130,7 +226,7 @@ def gguf_to_hf_folder(path: Path) -> Path:
             f"{path}: GGUF architecture '{arch}' cannot be loaded by transformers "
             f"(supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})"
         )
-    log.warning("converting %s to an HF folder in %s (once; later loads are fast)", path.name, target)
+    log.info("converting %s to an HF folder in %s (once; later loads are fast)", path.name, target)
     _convert_gguf(path, target)
     return target
 
@@ -152,18 +248,7 @@ def _convert_gguf(path: Path, target: Path) -> None:
         tokenizer.save_pretrained(folder)
         (folder / CONVERTED_MARKER).write_text(json.dumps({"gguf": str(path)}))
 
-    _write_folder_atomically(target, write)
-
-
-def _write_folder_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """write() fills a temporary folder beside target, which then replaces target in one rename: a crash never
-    leaves a half-written model in the cache."""
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_folder_atomically(target, write)
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
@@ -208,7 +293,7 @@ def bf16_variant(folder: Path) -> Path:
         return target
     model = AutoModel.from_pretrained(str(folder), dtype=torch.bfloat16, use_safetensors=True)
     try:
-        _write_folder_atomically(target, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+        write_folder_atomically(target, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
     except OSError as err:  # a read-only cache: load from the fp32 folder, as before
         log.warning("could not write a bf16 copy of %s (%s); loading the fp32 folder", folder.name, err)
         return folder

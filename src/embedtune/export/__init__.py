@@ -1,0 +1,106 @@
+"""Ship a trained embedder: a merged sentence-transformers folder, or the LoRA adapter alone.
+
+Either export describes itself: embedtune_export.json records the embedder's resolved pooling, prompt and max
+length, and `Embedder(folder)` (merged) or `Embedder(base, adapter=folder)` (adapter only) take them as
+defaults; explicit options still override.
+
+The merged folder is self-contained: `SentenceTransformer(folder)` and `Embedder(folder)` give embedtune's
+vectors with no extra arguments. Everything embedtune does to a text before the model runs lives in the
+exported tokenizer (tokenizer.json, see tokenizer_files.py), because sentence-transformers does none of it:
+
+* EOS: a TemplateProcessing post-processor appends the EOS token once, after the special tokens the tokenizer
+  already adds (BOS for Gemma/Llama). Truncation leaves room for it, as embedtune does.
+* prompt: a `{}` template (or a plain prefix) becomes normalizers that prepend/append the prompt text to every
+  input before it is split into tokens, which is exactly embedtune's `prompt.replace('{}', text)`. (One
+  difference: the tokenizers library does not normalize an empty string, so "" gets no prompt there.)
+* no chat template: sentence-transformers would render texts through one (its "message" modality), so the
+  exported tokenizer has none.
+* right padding: sentence-transformers passes no position ids, so left padding would shift the positions
+  of short texts; with right padding and causal attention a text's vectors do not depend on its batch.
+
+The sentence-transformers modules are written by hand (sentence_transformers_config.py), so exporting does
+not need sentence-transformers installed. The export is checked before it is published (the saved tokenizer
+must reproduce embedtune's token ids) and appears complete or not at all.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from embedtune.config import ModelConfig
+from embedtune.errors import ConfigError, ModelError
+from embedtune.export.adapter_only import ADAPTER_FILES, adapter_files, write_adapter_only
+from embedtune.export.card import discover_card_info, model_card
+from embedtune.export.merged import write_merged
+from embedtune.export.metadata import export_info
+from embedtune.export.tokenizer_files import configure_tokenizer_files, verify_tokenizer
+from embedtune.files import write_folder_atomically
+from embedtune.models.loading import EXPORT_INFO_FILE
+
+if TYPE_CHECKING:
+    from embedtune.models.embedder import Embedder
+
+__all__ = ["ADAPTER_FILES", "EXPORT_INFO_FILE", "configure_tokenizer_files", "discover_card_info", "export_model",
+           "model_card", "verify_tokenizer"]
+log = logging.getLogger(__name__)
+
+
+def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = False,
+                 card_info: dict | None = None) -> Path:
+    """Write `out` and return it: merged sentence-transformers folder, or (adapter_only) the adapter files
+    of `model.adapter`.
+
+    `card_info` feeds the model card: {"config": {...training config...}, "scores": eval result dict,
+    "base_scores": eval result dict of the base model, "notes": str}. Missing entries are taken from the run
+    the adapter came from (report.json and config.json, see card.py) and otherwise left out of the card.
+    """
+    out = _checked_target(out)
+    _check_request(model, adapter_only)
+    info = {**discover_card_info(model.adapter), **(card_info or {})}
+    embedder = _export_embedder(model)
+    meta = export_info(embedder, model, merged=not adapter_only)
+    card = model_card(meta, info)
+
+    def write(folder: Path) -> None:
+        if adapter_only:
+            write_adapter_only(folder, model.adapter, meta, card)
+        else:
+            write_merged(folder, embedder, meta, card)
+
+    return write_folder_atomically(out, write)  # the folder appears complete or not at all
+
+
+def _checked_target(out: str | Path) -> Path:
+    """The export folder; it must not exist yet, or be empty (an export never overwrites work)."""
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"export target exists and is not an empty folder: {out} (remove it or pick another)")
+    return out
+
+
+def _check_request(model: ModelConfig, adapter_only: bool) -> None:
+    """Fail on a missing adapter or a bad prompt before the (slow) model load."""
+    if adapter_only and not model.adapter:
+        raise ConfigError("an adapter-only export needs --adapter")
+    if model.adapter and not (Path(model.adapter) / "adapter_config.json").is_file():
+        raise ModelError(f"adapter not found (no adapter_config.json): {model.adapter}")
+    if adapter_only:
+        adapter_files(model.adapter)
+    if model.prompt is not None and model.prompt.count("{}") > 1:
+        raise ConfigError(f"prompt may hold '{{}}' at most once, got {model.prompt!r}")
+
+
+def _export_embedder(model: ModelConfig) -> Embedder:
+    """The embedder being exported, in fp32 on the CPU (the weights are saved as they are), with a max length
+    the model's positions allow: sentence-transformers caps it there, and embedtune must agree."""
+    from embedtune.models.backend import Backend
+    from embedtune.models.embedder import Embedder
+
+    embedder = Embedder.from_config(model, backend=Backend.for_device("cpu", "fp32"))
+    positions = getattr(embedder.model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and 0 < positions < embedder.max_length:
+        log.warning("max_length %d exceeds the model's %d positions; exporting with %d", embedder.max_length,
+                    positions, positions)
+        embedder.max_length = positions
+    return embedder

@@ -1,0 +1,178 @@
+"""The model card (README.md) of an export, and the run information it shows.
+
+A run folder written by `embedtune run` holds everything the card needs: `report.json` ({"base", "tuned",
+"gain"}, each an eval result) and the training `config.json` (the full config). They are read from the
+adapter's folder or the run folder above it (runs/exp/final -> runs/exp/); a run stopped before its report
+still has its stage files base.json and tuned.json. Explicit `card_info` entries win over what is found.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from embedtune.config import Config
+from embedtune.models.loading import MERGED_FORMAT
+
+RUN_REPORT = "report.json"
+RUN_CONFIG = "config.json"
+# The per-stage results `embedtune run` writes before report.json: card_info key -> file name.
+STAGE_RESULTS = {"base_scores": "base.json", "scores": "tuned.json"}
+REPORT_KEYS = {"base_scores": "base", "scores": "tuned"}
+CONFIG_SECTIONS = frozenset(f.name for f in fields(Config))
+
+
+# ---- run information ---------------------------------------------------------------------------------------
+def discover_card_info(adapter: str | Path | None) -> dict:
+    """{"config", "scores", "base_scores"} of the run an adapter came from (only the entries found)."""
+    if not adapter:
+        return {}
+    info: dict[str, Any] = {}
+    for folder in (Path(adapter), Path(adapter).parent):
+        for key, value in run_info(folder).items():
+            info.setdefault(key, value)  # the adapter's own folder first
+    return info
+
+
+def run_info(folder: Path) -> dict:
+    """Scores from a run folder's report.json (else its stage files) and its training config.json."""
+    info: dict[str, Any] = {}
+    report = _read_json(folder / RUN_REPORT)
+    for key, report_key in REPORT_KEYS.items():
+        result = report.get(report_key)
+        if not is_eval_result(result):
+            result = _read_json(folder / STAGE_RESULTS[key])
+        if is_eval_result(result):
+            info[key] = result
+    config = _read_json(folder / RUN_CONFIG)
+    if is_run_config(config):
+        info["config"] = config
+    return info
+
+
+def is_eval_result(value: Any) -> bool:
+    """An `embedtune eval` result: per-task scores and their average."""
+    return isinstance(value, dict) and isinstance(value.get("tasks"), dict) and "average" in value
+
+
+def is_run_config(value: Any) -> bool:
+    """A training config.json (embedtune's sections), not a Hugging Face model config of the same name."""
+    return (isinstance(value, dict) and bool(value) and set(value) <= CONFIG_SECTIONS
+            and all(isinstance(section, dict) for section in value.values()))
+
+
+def _read_json(path: Path) -> dict:
+    """A side file as a dict; {} when absent or broken (a broken side file must not stop an export)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ---- the card ----------------------------------------------------------------------------------------------
+def model_card(meta: dict, info: dict) -> str:
+    """README.md for an export: what it is, how to use it, its scores and training config (no local paths)."""
+    merged = meta["format"] == MERGED_FORMAT
+    sections = [_front_matter(meta, merged), _model_table(meta, merged),
+                _merged_usage() if merged else _adapter_usage(meta),
+                _scores(info.get("scores"), info.get("base_scores")), _config(info.get("config")),
+                _notes(info.get("notes")), _versions(meta)]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _front_matter(meta: dict, merged: bool) -> list[str]:
+    title = f"{display_name(meta['base_model'])} embedder" + ("" if meta["adapter"] else " (no adapter)")
+    return ["---", "library_name: sentence-transformers" if merged else "library_name: peft",
+            "pipeline_tag: sentence-similarity" if merged else "pipeline_tag: feature-extraction",
+            "tags:", "- embedtune", "- sentence-transformers" if merged else "- lora", "- text-embeddings",
+            "---", "", f"# {title}", "",
+            "Built with embedtune (contrastive LoRA fine-tuning of a decoder LM into a text-embedding model).", ""]
+
+
+def _model_table(meta: dict, merged: bool) -> list[str]:
+    adapter = f"`{display_name(meta['adapter'])}`" if meta["adapter"] else "none"
+    lines = ["## Model", "", "| | |", "|---|---|", f"| base model | `{display_name(meta['base_model'])}` |",
+             f"| adapter | {adapter} |", f"| pooling | {meta['pooling'] or 'model default'} |",
+             f"| prompt | {meta['prompt']!r} |", f"| max tokens | {meta['max_length']} |"]
+    if merged:
+        eos = "yes" if meta["eos_appended"] else "no"
+        lines += [f"| dimensions | {meta.get('dimensions')} |", f"| EOS appended by the tokenizer | {eos} |",
+                  "| similarity | cosine (vectors are L2-normalised) |"]
+    return lines + [""]
+
+
+def _merged_usage() -> list[str]:
+    return ["## Usage", "", "```python", "from sentence_transformers import SentenceTransformer", "",
+            "model = SentenceTransformer('path/to/this/folder')",
+            "vectors = model.encode(['A man is playing a guitar.', 'Someone plays an instrument.'])",
+            "```", "", ("The tokenizer appends the EOS token and applies the prompt itself: pass raw texts, "
+                        "no prompt and no chat template. The same vectors from embedtune:"), "", "```bash",
+            "embedtune encode --model path/to/this/folder --input texts.txt --output vectors.npy",
+            "embedtune serve --model path/to/this/folder   # OpenAI-compatible POST /v1/embeddings",
+            "```", ""]
+
+
+def _adapter_usage(meta: dict) -> list[str]:
+    return ["## Usage", "", ("A LoRA adapter (peft) for the base model; embedtune merges it at load time and "
+                             "takes pooling, prompt and max tokens from this folder:"), "",
+            "```bash", (f"embedtune encode --model {display_name(meta['base_model'])} "
+                        "--adapter path/to/this/folder --input texts.txt --output vectors.npy"), "```", ""]
+
+
+def _scores(scores: dict | None, base: dict | None) -> list[str]:
+    from embedtune.evaluation.report import DISPLAY_NAMES, comparison_markdown
+
+    if not scores:
+        return ["## STS scores", "", "Not recorded with this export (run `embedtune eval --model <this folder>`).", ""]
+    lines = ["## STS scores (Spearman x100)", ""]
+    if base:
+        table = comparison_markdown(_card_result(base), _card_result(scores))
+        lines.append(table.split("\n", 1)[1].strip())  # without its title
+    else:
+        lines += ["| task | Spearman x100 |", "|---|---:|"]
+        for name, task in scores["tasks"].items():
+            lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {task['spearman']:.2f} |")
+        lines.append(f"| **Average** | **{scores['average']:.2f} ± {scores.get('std', 0.0):.2f}** |")
+    return lines + [""]
+
+
+def _card_result(result: dict) -> dict:
+    """An eval result as the comparison table needs it, with the model shown by name only."""
+    return {**result, "model": display_name(str(result.get("model", "?"))), "std": result.get("std", 0.0)}
+
+
+def _config(config: dict | None) -> list[str]:
+    if not config:
+        return []
+    import yaml
+
+    return ["## Training configuration", "", "```yaml", yaml.safe_dump(strip_paths(config), sort_keys=False).strip(),
+            "```", ""]
+
+
+def _notes(notes: Any) -> list[str]:
+    return ["## Notes", "", str(notes).strip(), ""] if notes else []
+
+
+def _versions(meta: dict) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    return ["## Versions", "", versions or "unknown", ""]
+
+
+def display_name(spec: str) -> str:
+    """A hub id or alias as given; a local path by its last part only (cards travel, home paths should not)."""
+    path = Path(spec).expanduser()
+    return path.name if path.is_absolute() or path.exists() else spec
+
+
+def strip_paths(value: Any) -> Any:
+    """Absolute paths in a config shown by their last part only."""
+    if isinstance(value, dict):
+        return {k: strip_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        return Path(value).name
+    return value

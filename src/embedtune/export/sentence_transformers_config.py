@@ -1,0 +1,48 @@
+"""The sentence-transformers module files (Transformer -> Pooling -> Normalize), written by hand.
+
+The long-standing format with legacy module paths loads in old and new sentence-transformers versions alike,
+and exporting does not need sentence-transformers installed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from embedtune.export.metadata import versions, write_json
+
+if TYPE_CHECKING:
+    from embedtune.models.embedder import Embedder
+
+POOLING_DIR, NORMALIZE_DIR = "1_Pooling", "2_Normalize"
+MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": NORMALIZE_DIR, "type": "sentence_transformers.models.Normalize"},
+]
+ST_POOLING = {"eos": "lasttoken", "mean": "mean", "cls": "cls"}
+# Legacy boolean flag -> sentence-transformers mode; every flag is written so old versions read the file.
+POOLING_FLAGS = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max",
+                 "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean_tokens": "weightedmean",
+                 "lasttoken": "lasttoken"}
+
+
+def write_sentence_transformers_config(folder: Path, embedder: Embedder) -> None:
+    """modules.json and each module's config: what SentenceTransformer(folder) needs beside the weights."""
+    write_json(folder / "modules.json", MODULES)
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": embedder.max_length, "do_lower_case": False})
+    (folder / POOLING_DIR).mkdir()
+    write_json(folder / POOLING_DIR / "config.json", pooling_config(embedder.pooling, embedder.hidden_size))
+    (folder / NORMALIZE_DIR).mkdir()
+    write_json(folder / NORMALIZE_DIR / "config.json", {})
+    write_json(folder / "config_sentence_transformers.json",
+               {"__version__": versions(), "prompts": {}, "default_prompt_name": None,
+                "similarity_fn_name": "cosine", "model_type": "SentenceTransformer"})
+
+
+def pooling_config(pooling: str, dimensions: int) -> dict:
+    """The Pooling module's config for embedtune's pooling (eos -> lasttoken)."""
+    mode = ST_POOLING[pooling]
+    config: dict = {"word_embedding_dimension": dimensions}
+    config |= {f"pooling_mode_{flag}": flag_mode == mode for flag, flag_mode in POOLING_FLAGS.items()}
+    config["include_prompt"] = True  # the prompt is part of the text the tokenizer sees
+    return config
