@@ -21,6 +21,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 POOLINGS = ("eos", "mean", "cls")
 DEVICES = ("auto", "cpu", "cuda")  # plus "cuda:N"
 LOSSES = ("infonce", "cached")
+QUANTIZATIONS = ("int8",)  # dynamic int8 of the frozen linear layers, CPU inference only
 LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
 DEFAULT_MAX_LENGTH = 512  # when neither the config nor a saved embedder folder says otherwise
 # The learnable temperature is kept where logits stay finite and the softmax keeps a gradient (CLIP's bound).
@@ -36,6 +37,7 @@ class ModelConfig:
     max_length: int | None = None  # None: the saved embedder folder's length, else DEFAULT_MAX_LENGTH
     trust_remote_code: bool = False
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    quantize: str | None = None  # int8: dynamic int8 linear layers for CPU inference (eval, encode, serve)
 
 
 @dataclass
@@ -159,6 +161,8 @@ class Config:
             (self.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.eval.batch_size}"),
             (m.pooling is None or m.pooling in POOLINGS, f"model.pooling must be one of {', '.join(POOLINGS)}"),
             (m.max_length is None or m.max_length >= 2, f"model.max_length must be >= 2, got {m.max_length}"),
+            (m.quantize is None or m.quantize in QUANTIZATIONS,
+             f"model.quantize must be one of {', '.join(QUANTIZATIONS)}, got '{m.quantize}'"),
             (is_device(m.device), f"model.device must be one of {', '.join(DEVICES)} or cuda:N, got '{m.device}'"),
             (lo.r >= 1, f"lora.r must be >= 1, got {lo.r}"),
             (lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}"),

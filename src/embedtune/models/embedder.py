@@ -8,6 +8,7 @@ chat template.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class Embedder:
         trust_remote_code: bool = False,
         device: str | torch.device | None = None,
         backend: Backend | None = None,
+        quantize: str | None = None,
     ):
         """`pooling`, `prompt` and `max_length` left as None take the values saved in an exported folder
         (embedtune or sentence-transformers), else the model's defaults."""
@@ -95,6 +97,8 @@ class Embedder:
             # Gemma's norms and GeGLU as fused ops (models/fused.py): faster inference, and about half the
             # activations saved for backward in training.
             fuse_gemma(self.model, compile_kernels=self.backend.compile_kernels)
+        if quantize:
+            self.model = _quantize_linear_layers(self.model, self.backend)
         self.pad_id = _pad_id(tokenizer)
         self._packing_ok: bool | None = None
         config = self.model.config
@@ -114,9 +118,11 @@ class Embedder:
                     backend: Backend | None = None) -> Embedder:
         """The one way the library builds an Embedder from its config. `adapter` None takes the config's;
         "" means none (the base model of a run)."""
+        if config.quantize and precision == "auto":
+            precision = "fp32"  # int8 layers compute in fp32 around their int8 matmuls
         return cls(config.name, adapter=config.adapter if adapter is None else adapter, pooling=config.pooling,
                    prompt=config.prompt, max_length=config.max_length, trust_remote_code=config.trust_remote_code,
-                   backend=backend or Backend.for_device(config.device, precision))
+                   backend=backend or Backend.for_device(config.device, precision), quantize=config.quantize)
 
     # ---- tokens -------------------------------------------------------------------------------------
     def apply_prompt(self, text: str) -> str:
@@ -295,3 +301,15 @@ def _attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
         raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
     # Merged weights run as fast as the base model; the adapter is not trained further here.
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+def _quantize_linear_layers(model: torch.nn.Module, backend: Backend) -> torch.nn.Module:
+    """Dynamic int8 linear layers (weights int8, activations quantised per batch): where a CPU has no fast bf16
+    this is its fastest inference path (docs/PERFORMANCE.md). Inference only: the layers have no gradients."""
+    if backend.device.type != "cpu" or backend.dtype != torch.float32:
+        raise ConfigError(f"--quantize int8 runs on CPU in fp32, not on {backend.name} (pass --precision fp32)")
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notice for its quantised tensor types
+        return quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -68,7 +69,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     # Model: base + LoRA (or the given adapter, trained further), a loss around it, AdamW over the trainable weights.
-    embedder = embedder or Embedder.from_config(config.model, adapter="", precision=t.precision)
+    # Quantised layers cannot train: an int8 option in the config applies to the run's evaluations only.
+    embedder = embedder or Embedder.from_config(replace(config.model, quantize=None), adapter="", precision=t.precision)
     prepare_for_training(embedder, config.lora, config.model.adapter, t.gradient_checkpointing)
     data = tokenize_triplets(embedder.tokenize, triplets, t.hard_negatives)
     warn_if_anisotropic(embedder, data.anchors[:32], t.lr)
