@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/data
 OUT ?= runs/default
+RUN_ARGS ?=
 PIP := $(PY) -m pip install -q -c constraints-cpu.txt
 
 .PHONY: install run test test-all
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	touch $@
 
 run: install
-	$(VENV)/bin/embedtune run --data-dir $(DATA_DIR) --output-dir $(OUT) --config configs/cpu-quick.yaml
+	$(VENV)/bin/embedtune run --data-dir $(DATA_DIR) --output-dir $(OUT) --config configs/cpu-quick.yaml $(RUN_ARGS)
 
 test: install
 	EMBEDTUNE_DATA_DIR=$(abspath $(DATA_DIR)) $(PY) -m pytest -q

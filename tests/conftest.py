@@ -166,3 +166,17 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     write(root / "nli" / "triplets" / "tiny.tsv", ["sent0", "sent1", "hard_neg"],
           [[sentence(), sentence(), sentence()] for _ in range(64)])
     return root
+
+
+# ---- backends: the backend-dependent paths run once per device this machine has --------------------------------
+
+def available_devices() -> list[str]:
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=available_devices())
+def tiny_device(request) -> str:
+    """Each device a Backend can be built for here (CPU always; CUDA where a GPU is present)."""
+    return request.param

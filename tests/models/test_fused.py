@@ -33,12 +33,14 @@ def test_fused_gemma_matches_transformers(tiny_arch_dir, precision, compiled, mo
                 p.normal_(0, 0.1)
     embedder.model.train()
     vectors, grads = vectors_and_grads(embedder)
-    changed = fuse_gemma(embedder.model)
+    changed = fuse_gemma(embedder.model, compile_kernels=compiled)
     if "gemma" not in embedder.model.config.model_type:
         assert changed == 0
         return
     assert changed == 2 * (4 + 2 + 1) + 1  # per layer 4 norms + q/k norms + the MLP; the final norm
     fused, fused_grads = vectors_and_grads(embedder)
+    if compiled:
+        assert kernels.RMS_NORM_FORWARD.compiled is not None and not kernels.RMS_NORM_FORWARD.failed
     if compiled:  # the compiled kernels may sum a row in another order: the last bit can differ
         assert torch.allclose(fused, vectors, atol=1e-6 if precision == "fp32" else 1e-2, rtol=0)
     else:
@@ -77,5 +79,6 @@ def test_embedder_fuses_gemma_on_load_and_unfuse_restores(tiny_arch_dir):
         assert not fused
         return
     assert len(fused) == 2 * (4 + 2 + 1) + 1
+    assert all(m.compile_kernels == embedder.backend.compile_kernels for m in fused)  # the backend's choice
     unfuse_gemma(embedder.model)
     assert not [m for m in embedder.model.modules() if "forward" in m.__dict__]

@@ -55,13 +55,13 @@ def test_tail_padding_changes_no_vector_and_no_gradient(tiny_arch_dir):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain_grads, padded_grads))
 
 
-def test_packed_vectors_equal_padded_ones_and_the_config_is_restored(tiny_arch_dir):
-    embedder = Embedder(str(tiny_arch_dir), precision="fp32", device="cpu")
+def test_packed_vectors_equal_padded_ones_and_the_config_is_restored(tiny_arch_dir, tiny_device):
+    embedder = Embedder(str(tiny_arch_dir), precision="fp32", device=tiny_device)
     ids = embedder.tokenize(TEXTS)
     with torch.no_grad():
         padded = embedder.embed_tokens(ids, packing=False)
         packed = embedder.embed_tokens(ids, max_tokens=20, packing=True)
-    assert embedder.packable
+    assert embedder.packable and packed.device.type == tiny_device
     assert torch.allclose(padded, packed, atol=1e-5)
     assert embedder.model.config._attn_implementation == "sdpa"
 
