@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedtune.cli import build_parser, config_from_args
-from embedtune.cli import TRAIN_FLAGS, MODEL_FLAGS, DATA_FLAGS
+from embedtune.cli import DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, build_parser, config_from_args
 from embedtune.config import Config
 from embedtune.errors import ConfigError
 
@@ -20,6 +19,20 @@ from embedtune.errors import ConfigError
 def test_invalid_values_are_rejected(section, key, value, message):
     with pytest.raises(ConfigError, match=message):
         Config.from_dict({section: {key: value}}).validate()
+
+
+@pytest.mark.parametrize("temperature", [0.005, 1.5])
+def test_learnable_temperature_outside_the_clamp_range_is_rejected(temperature):
+    config = Config.from_dict({"train": {"temperature": temperature, "learnable_temperature": True}})
+    with pytest.raises(ConfigError) as raised:
+        config.validate()
+    assert str(raised.value) == (f"train.temperature must be in [0.01, 1.0] when learnable (it is clamped to that "
+                                 f"range during training), got {temperature}")
+
+
+def test_fixed_temperature_outside_the_clamp_range_is_accepted_as_given():
+    config = Config.from_dict({"train": {"temperature": 0.005}}).validate()
+    assert config.train.temperature == 0.005 and config.train.learnable_temperature is False
 
 
 def test_unknown_keys_and_sections_are_rejected():

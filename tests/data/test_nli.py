@@ -60,7 +60,24 @@ def test_missing_column_and_no_data(tmp_path):
 
 def test_default_files_come_from_the_data_dir(tiny_data_dir):
     triplets, report = load_triplets(DataConfig(), tiny_data_dir, None)
-    assert report.read == 64 and len(triplets) == report.kept
+    assert report.as_dict() == {"read": 64, "empty_field": 0, "degenerate": 0, "duplicate": 0, "contaminated": 0,
+                                "kept": 64}
+    rows = (tiny_data_dir / "nli" / "triplets" / "tiny.tsv").read_text().splitlines()[1:]
+    assert triplets == [Triplet(*row.split("\t")) for row in rows]
+
+
+def test_evaluation_sentences_cover_the_asked_splits(tmp_path):
+    from embedtune.data.nli import evaluation_sentences
+    from embedtune.data.sts import STS_TASKS
+
+    folder = tmp_path / "sts" / "stsbenchmark"
+    folder.mkdir(parents=True)
+    (folder / "test.tsv").write_text("sentence1\tsentence2\tscore\nA test one\tA test two\t1.0\n")
+    (folder / "dev.tsv").write_text("sentence1\tsentence2\tscore\nA dev one\tA test one\t2.0\n")
+    task = STS_TASKS["stsbenchmark"]
+    assert evaluation_sentences(tmp_path, [task]) == {"A test one", "A test two"}
+    assert evaluation_sentences(tmp_path, [task], splits=["dev"]) == {"A dev one", "A test one"}
+    assert evaluation_sentences(tmp_path, [task], splits=[None, "dev"]) == {"A test one", "A test two", "A dev one"}
 
 
 def test_empty_triplet_folder_is_an_error(tmp_path):

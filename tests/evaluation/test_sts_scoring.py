@@ -1,4 +1,4 @@
-"""STS scoring: Spearman as scipy computes it, the paper's average/std convention, and MTEB equivalence."""
+"""STS scoring: Spearman against hand-computed values, the paper's average/std convention, and MTEB equivalence."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
 
 from embedtune.data.sts import STS_TASKS, load_sts
 from embedtune.evaluation.sts import STSEvaluator, average_and_std, paired_cosine, spearman_x100
@@ -16,10 +15,13 @@ SHARED_DATA = Path(os.environ.get("EMBEDTUNE_DATA_DIR", Path(__file__).parents[3
 needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "sts").is_dir(), reason="../shared/data not present")
 
 
-def test_spearman_equals_scipy():
-    rng = np.random.default_rng(0)
-    predicted, gold = rng.normal(size=200), rng.uniform(0, 5, size=200).round(1)  # ties in gold, as in STS
-    assert spearman_x100(predicted, gold) == pytest.approx(100 * spearmanr(predicted, gold).statistic, abs=1e-12)
+def test_spearman_is_the_pearson_correlation_of_ranks_times_100():
+    # No ties: ranks [1, 3, 2, 4] vs [1, 2, 3, 4], sum d^2 = 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8.
+    assert spearman_x100([0.1, 0.4, 0.3, 0.9], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(80.0, abs=1e-12)
+    # Ties in gold (as in STS) take their average rank: [1, 2.5, 2.5, 4]; Pearson with [1, 3, 2, 4] is
+    # 4.5 / sqrt(5 * 4.5) = 3 / sqrt(10).
+    assert spearman_x100([0.1, 0.4, 0.3, 0.9], [0.0, 2.5, 2.5, 5.0]) == pytest.approx(300 / np.sqrt(10), abs=1e-12)
+    assert spearman_x100([3.0, 2.0, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(-100.0, abs=1e-12)
 
 
 def test_average_and_population_std_follow_the_paper():
@@ -40,13 +42,21 @@ def test_each_unique_sentence_is_encoded_once(tiny_model_dir, tiny_data_dir, mon
     embedder = Embedder(str(tiny_model_dir), precision="fp32")
     seen: list[str] = []
     real_encode = Embedder.encode
-    monkeypatch.setattr(Embedder, "encode", lambda self, texts, **kw: (seen.extend(texts), real_encode(self, texts, **kw))[1])
+
+    def recording_encode(self, texts, **kwargs):
+        seen.extend(texts)
+        return real_encode(self, texts, **kwargs)
+
+    monkeypatch.setattr(Embedder, "encode", recording_encode)
     result = evaluator(embedder)
     assert len(seen) == len(set(seen)) == result["unique_sentences"]
-    assert result["sentences"] == sum(2 * t["n"] for t in result["tasks"].values())
+    all_sentences = {s for data in evaluator.datasets for s in data.sentences1 + data.sentences2}
+    assert set(seen) == all_sentences
+    assert result["sentences"] == 9 * 12 * 2
     assert list(result["tasks"]) == list(STS_TASKS)
-    average, std = average_and_std([t["spearman"] for t in result["tasks"].values()])
-    assert result["average"] == pytest.approx(average, abs=1e-4) and result["std"] == pytest.approx(std, abs=1e-4)
+    scores = np.array([t["spearman"] for t in result["tasks"].values()])
+    assert result["average"] == pytest.approx(scores.mean(), abs=1e-9)
+    assert result["std"] == pytest.approx(np.sqrt(np.mean((scores - scores.mean()) ** 2)), abs=1e-9)  # population
 
 
 class _FixedEncoder:
@@ -83,7 +93,7 @@ def test_scores_equal_mtebs_own_sts_evaluator(tiny_model_dir, task_name, mteb_na
     evaluator = STSEvaluator([data], show_progress=False)
     ours = evaluator(embedder)["tasks"][task_name]["spearman"]
 
-    vectors = dict(zip(evaluator.unique_sentences, embedder.encode(evaluator.unique_sentences)))
+    vectors = dict(zip(evaluator.unique_sentences, embedder.encode(evaluator.unique_sentences), strict=True))
     task = mteb.get_task(mteb_name)
     split = datasets.Dataset.from_dict({"sentence1": data.sentences1, "sentence2": data.sentences2,
                                         "score": data.scores})

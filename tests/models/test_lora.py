@@ -1,9 +1,28 @@
-"""LoRA helpers: the shared-mask dropout and its boolean-mask autograd function."""
+"""LoRA helpers: continuing from a saved adapter, the shared-mask dropout and its boolean-mask autograd function."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from embedtune.models.lora import KeepMask, SharedMaskDropout
+from embedtune.config import LoraConfig
+from embedtune.errors import ModelError
+from embedtune.models.lora import KeepMask, SharedMaskDropout, attach_lora
+
+
+def test_attach_lora_continues_from_a_saved_adapter_trainably(tiny_model_dir, tiny_adapter_dir):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    saved = load_file(tiny_adapter_dir / "adapter_model.safetensors")
+    model = attach_lora(AutoModel.from_pretrained(tiny_model_dir), LoraConfig(r=4, targets="qv"),
+                        str(tiny_adapter_dir))
+    loaded = {n.replace(".default", ""): p for n, p in model.named_parameters() if "lora_" in n}
+    assert loaded.keys() == saved.keys() and len(saved) == 16  # the adapter's r=8 on q, k, v, o; not the config's
+    assert all(p.requires_grad for p in loaded.values())
+    assert all(torch.equal(loaded[k].detach(), saved[k]) for k in saved)
+    assert [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n] == []
+    with pytest.raises(ModelError, match="adapter not found"):
+        attach_lora(AutoModel.from_pretrained(tiny_model_dir), LoraConfig(), str(tiny_model_dir))
 
 
 def test_keep_mask_matches_multiplying_by_the_scaled_mask_in_value_and_gradient():
