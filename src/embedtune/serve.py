@@ -22,7 +22,6 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from embedtune.errors import ConfigError
+from embedtune.models.loading import display_name
 
 log = logging.getLogger(__name__)
 
@@ -214,19 +214,6 @@ class Batcher:
 
 
 # ---- the app -----------------------------------------------------------------------------------------------
-def public_model_id(name: str) -> str:
-    """The model name shown to clients: a local path by its last part only."""
-    path = Path(name).expanduser()
-    if path.is_absolute() or path.exists() or "/" in name and not _looks_like_hub_id(name):
-        return path.name or "embedtune"
-    return name
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts)
-
-
 WARMUP_TEXTS = ("warm-up", "A short sentence to build the kernels before the first request.")
 
 
@@ -236,7 +223,7 @@ class EmbeddingService:
     def __init__(self, embedder, limits: ServeLimits | None = None, model_id: str | None = None):
         self.embedder = embedder
         self.limits = (limits or ServeLimits()).validate()
-        self.model_id = model_id or public_model_id(str(embedder.name))
+        self.model_id = model_id or display_name(str(embedder.name))
         self.dimensions = int(embedder.hidden_size)
         self.batcher = Batcher(embedder, self.limits)
         # Fast tokenizers are not safe to call from several threads at once ("Already borrowed").

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from embedtune.config import Config
-from embedtune.models.loading import MERGED_FORMAT
+from embedtune.models.loading import MERGED_FORMAT, display_name
 
 RUN_REPORT = "report.json"
 RUN_CONFIG = "config.json"
@@ -159,12 +159,6 @@ def _notes(notes: Any) -> list[str]:
 def _versions(meta: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     return ["## Versions", "", versions or "unknown", ""]
-
-
-def display_name(spec: str) -> str:
-    """A hub id or alias as given; a local path by its last part only (cards travel, home paths should not)."""
-    path = Path(spec).expanduser()
-    return path.name if path.is_absolute() or path.exists() else spec
 
 
 def strip_paths(value: Any) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedtune.export.metadata import versions, write_json
+from embedtune.models.loading import ST_POOLING
 
 if TYPE_CHECKING:
     from embedtune.models.embedder import Embedder
@@ -19,7 +20,6 @@ MODULES = [
     {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
     {"idx": 2, "name": "2", "path": NORMALIZE_DIR, "type": "sentence_transformers.models.Normalize"},
 ]
-ST_POOLING = {"eos": "lasttoken", "mean": "mean", "cls": "cls"}
 # Legacy boolean flag -> sentence-transformers mode; every flag is written so old versions read the file.
 POOLING_FLAGS = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max",
                  "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean_tokens": "weightedmean",

@@ -102,12 +102,21 @@ def is_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
 
 
+def display_name(spec: str) -> str:
+    """A hub id or alias as given, a local path by its last part only: model cards and server responses travel,
+    home paths should not."""
+    if spec.lower() in PACKAGED_MODELS or is_hub_id(spec) and not Path(spec).is_absolute():
+        return spec
+    return Path(spec).expanduser().name or "embedtune"
+
+
 # ---- settings saved with an exported embedder ----------------------------------------------------------------
 EXPORT_INFO_FILE = "embedtune_export.json"  # written by embedtune.export beside the weights
 ST_POOLING_MODES = {"pooling_mode_lasttoken": "eos", "pooling_mode_mean_tokens": "mean",
                     "pooling_mode_cls_token": "cls"}
-# sentence-transformers >= 5 writes one "pooling_mode" name instead of the boolean flags above.
-ST_POOLING_NAMES = {"lasttoken": "eos", "mean": "mean", "cls": "cls"}
+# Our pooling names -> sentence-transformers' (>= 5 writes one "pooling_mode" name instead of the flags above).
+ST_POOLING = {"eos": "lasttoken", "mean": "mean", "cls": "cls"}
+ST_POOLING_NAMES = {st: ours for ours, st in ST_POOLING.items()}
 MERGED_FORMAT = "sentence-transformers"  # embedtune_export.json "format" of a merged export
 _NO_LENGTH = 1_000_000  # tokenizers without a length say model_max_length=1e30; anything this big means unset
 
@@ -231,9 +240,18 @@ def gguf_to_hf_folder(path: Path) -> Path:
     return target
 
 
+def register_native_architectures() -> None:
+    """Architectures embedtune implements itself (models/minicpm.py), made known to the Auto classes: called
+    before every AutoConfig/AutoModel/AutoTokenizer load here. Imported lazily: it imports transformers."""
+    from embedtune.models.minicpm import register
+
+    register()
+
+
 def _convert_gguf(path: Path, target: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
+    register_native_architectures()
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     # A GGUF-loaded model carries a quantizer that refuses to save; the weights are already plain tensors.
@@ -254,6 +272,7 @@ def _convert_gguf(path: Path, target: Path) -> None:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    register_native_architectures()
     try:
         return AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
     except Exception as err:
@@ -264,6 +283,7 @@ def load_base_model(source: ModelSource, trust_remote_code: bool = False, dtype:
     """The base transformer without its LM head: logits over a 262k vocabulary are waste for embeddings."""
     from transformers import AutoModel
 
+    register_native_architectures()
     location = source.location
     if dtype == torch.bfloat16 and _is_converted_gguf(location):
         location = str(bf16_variant(Path(location)))
@@ -291,6 +311,7 @@ def bf16_variant(folder: Path) -> Path:
     target = folder.with_name(f"{folder.name}-bf16")
     if (target / "config.json").is_file():
         return target
+    register_native_architectures()
     model = AutoModel.from_pretrained(str(folder), dtype=torch.bfloat16, use_safetensors=True)
     try:
         write_folder_atomically(target, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
