@@ -40,7 +40,8 @@ def test_compiled_geglu_matches_eager(dtype):
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2
     assert torch.allclose(kernels.GEGLU_FORWARD(True, gate, up).float(), kernels.geglu_forward(gate, up).float(),
                           atol=tolerance, rtol=tolerance)
-    for got, want in zip(kernels.GEGLU_BACKWARD(True, grad, gate, up), kernels.geglu_backward(grad, gate, up)):
+    compiled, eager = kernels.GEGLU_BACKWARD(True, grad, gate, up), kernels.geglu_backward(grad, gate, up)
+    for got, want in zip(compiled, eager, strict=True):
         assert torch.allclose(got.float(), want.float(), atol=tolerance, rtol=tolerance)
 
 
@@ -81,3 +82,17 @@ def test_switched_off_runs_eager(monkeypatch):
     kernel = Kernel(kernels.geglu_forward)
     kernel(backend.compile_kernels, rows(4, 8, torch.float32, 8), rows(4, 8, torch.float32, 9))
     assert kernel.compiled is None
+
+
+def test_a_process_mixing_dtypes_and_grad_modes_keeps_its_compiled_kernels():
+    kernel = Kernel(kernels.rms_norm_forward)
+    scale = torch.ones(24)
+    # Models differ in eps (a constant in the compiled code) and runs in dtype and grad mode: more variants than
+    # dynamo's default limit of 8, past which a fullgraph function fails for good.
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = rows(7, 24, dtype, 0)
+        for grad, autocast in ((True, False), (False, False), (True, True), (False, True)):
+            with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                for eps in (1e-6, 1e-5):
+                    kernel(True, x, scale, eps)
+    assert kernel.compiled is not None and not kernel.failed

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 ENV = "EMBEDTUNE_COMPILE_KERNELS"
+RECOMPILE_LIMIT = 64
 
 
 def rms_norm_forward(x: torch.Tensor, scale: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,9 +98,16 @@ class Kernel:
         if not compiled or self.failed:
             return self.eager(*args)
         if self.compiled is None:
+            # Each dtype, grad mode and inference-tensor state is its own compiled variant; a process that
+            # trains, evaluates and serves in two dtypes needs more than dynamo's default limit of 8, past which
+            # a fullgraph function fails for good.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             self.compiled = torch.compile(self.source, dynamic=True, fullgraph=True)
         try:
-            return self.compiled(*args)
+            # Grad mode and autocast are part of what dynamo specialises on; the kernels need neither (backward is
+            # written by hand in models/fused.py, dtypes are explicit), so one state serves every caller.
+            with torch.no_grad(), torch.autocast(args[0].device.type, enabled=False):
+                return self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure: the eager code computes the same
             self.failed = True
             log.warning("compiling %s failed (%s: %s); using eager PyTorch ops (slower, same values). Set %s=0 "
