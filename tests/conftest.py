@@ -180,3 +180,135 @@ def available_devices() -> list[str]:
 def tiny_device(request) -> str:
     """Each device a Backend can be built for here (CPU always; CUDA where a GPU is present)."""
     return request.param
+
+
+# ---- more architectures and real tokenizers' special-token behaviours (tests/models/test_architectures.py) -------
+
+# style: (specials in id order, bos, eos, pad, template of a single text or None for nothing added)
+TOKENIZER_STYLES = {
+    # Phi-2 (CodeGen/GPT-2 BPE): one <|endoftext|> is BOS, EOS and UNK; no pad token; nothing added.
+    "phi2": (["<|endoftext|>", "<unk>"], "<|endoftext|>", "<|endoftext|>", None, None),
+    # The same vocabulary with the BOS (= EOS) prepended, as some Phi-2 derivatives' tokenizers do.
+    "phi2_bos": (["<|endoftext|>", "<unk>"], "<|endoftext|>", "<|endoftext|>", None, "<|endoftext|> $A"),
+    # Gemma: <bos> added, <eos> not; a <pad> of its own.
+    "gemma": (["<pad>", "<eos>", "<bos>", "<unk>"], "<bos>", "<eos>", "<pad>", "<bos> $A"),
+    # Llama-3(.1) instruct: <|begin_of_text|> added; EOS <|eot_id|>; pad, where set, a reserved token.
+    "llama3": (["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", "<unk>"],
+               "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", "<|begin_of_text|> $A"),
+    # Qwen2 instruct: no BOS at all; EOS <|im_end|>; pad <|endoftext|>.
+    "qwen": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"], None, "<|im_end|>", "<|endoftext|>", None),
+}
+
+
+def build_tokenizer_like(style: str):
+    """A WordLevel tokenizer over TINY_WORDS whose special tokens behave like `style`'s (TOKENIZER_STYLES)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials, bos, eos, pad, template = TOKENIZER_STYLES[style]
+    vocab = {tok: i for i, tok in enumerate(specials + list(TINY_WORDS))}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if template:
+        backend.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(bos, vocab[bos])])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   unk_token="<unk>", padding_side="left")
+
+
+MORE_TINY_ARCHITECTURES = ("gemma", "gemma2", "qwen2", "minicpm")
+
+
+def build_tiny_minicpm(vocab_size: int, seed: int = 0, num_key_value_heads: int = 2):
+    """A 2-layer random MiniCPM (models/minicpm.py) with both of its scalings away from 1."""
+    import torch
+
+    from embedtune.models.minicpm import MiniCPMConfig, MiniCPMModel
+
+    torch.manual_seed(seed)
+    config = MiniCPMConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=num_key_value_heads,
+        intermediate_size=128, vocab_size=vocab_size, max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
+        bos_token_id=2, scale_emb=12, scale_depth=1.4, dim_model_base=16, initializer_range=0.1, rms_norm_eps=1e-5,
+    )
+    return MiniCPMModel(config).eval()
+
+
+def build_tiny_architecture(kind: str, vocab_size: int, seed: int = 0, **overrides):
+    """build_tiny_decoder's architectures plus Gemma-1, Gemma-2 (softcapping on, sliding window 3 tokens),
+    Qwen2 and MiniCPM; `overrides` change Gemma-2's config."""
+    import torch
+    from transformers import Gemma2Config, Gemma2Model, GemmaConfig, GemmaModel, Qwen2Config, Qwen2Model
+
+    if kind == "minicpm":
+        return build_tiny_minicpm(vocab_size, seed)
+    if kind not in MORE_TINY_ARCHITECTURES:
+        return build_tiny_decoder(kind, vocab_size, seed)
+    torch.manual_seed(seed)
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                 max_position_embeddings=256)
+    if kind == "gemma":
+        return GemmaModel(GemmaConfig(head_dim=16, **shape)).eval()
+    if kind == "gemma2":
+        # Softcap 1.0 and random weights at std 0.2: the logits reach the tanh's bend, so softcapping shows.
+        settings = dict(head_dim=16, sliding_window=3, attn_logit_softcapping=1.0, query_pre_attn_scalar=16,
+                        initializer_range=0.2) | overrides
+        return Gemma2Model(Gemma2Config(**settings, **shape)).eval()
+    return Qwen2Model(Qwen2Config(**shape)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_architecture_dir(tmp_path_factory):
+    """Factory: kind -> an HF folder of build_tiny_architecture(kind) with the tiny tokenizer (one per kind)."""
+    made: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind not in made:
+            path = tmp_path_factory.mktemp(f"tiny_arch_{kind}")
+            tokenizer = build_tiny_tokenizer()
+            build_tiny_architecture(kind, len(tokenizer)).save_pretrained(path, safe_serialization=True)
+            tokenizer.save_pretrained(path)
+            made[kind] = path
+        return made[kind]
+
+    return make
+
+
+def lora_step(embedder, texts: list[str], lr: float = 1e-2) -> tuple[float, float]:
+    """LoRA (r=4, no dropout) on the embedder's model, then one AdamW step of InfoNCE between each text and
+    itself shifted by one; returns the loss before and after the step (same batch)."""
+    import torch
+
+    from embedtune.config import LoraConfig
+    from embedtune.losses.infonce import compute_loss_from_embeddings
+    from embedtune.models.lora import prepare_for_training, trainable_parameters
+
+    prepare_for_training(embedder, LoraConfig(r=4, alpha=8, dropout=0.0))
+    ids = embedder.tokenize(texts)
+    params = trainable_parameters(embedder.model)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+
+    def loss() -> torch.Tensor:
+        vectors = embedder.embed_tokens(ids)
+        return compute_loss_from_embeddings(vectors, vectors.roll(1, 0), None, 0.05)
+
+    with embedder.backend.training_attention(embedder.model):
+        before = loss()
+        before.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            after = loss()
+    return float(before.detach()), float(after)
+
+
+@pytest.fixture(scope="session")
+def tiny_builders():
+    """The builders above, for tests (which take fixtures, not imports from conftest)."""
+    import types
+
+    return types.SimpleNamespace(
+        tokenizer_like=build_tokenizer_like, tokenizer_styles=TOKENIZER_STYLES, architecture=build_tiny_architecture,
+        llama=build_tiny_llama, lora_step=lora_step)

@@ -20,6 +20,9 @@ import torch
 NAME = "embedtune_sdpa"
 PACKED_NAME = "embedtune_packed"  # see models/packing.py
 ATTENTION_NAMES = ("sdpa", NAME, PACKED_NAME)  # attention functions we may swap between
+# Model types whose eager attention we swap too: transformers runs Gemma-2 eager only because SDPA cannot apply its
+# attention-logit softcapping, and the functions here apply the `softcap` (and `sliding_window`) it passes them.
+EAGER_SWAPPABLE_TYPES = frozenset({"gemma2"})
 MAX_MATH_LENGTH = 256  # measured crossover: math wins below ~256 keys, flash above
 
 
@@ -65,8 +68,9 @@ def training_attention_forward(module: torch.nn.Module, query: torch.Tensor, key
     """transformers attention-interface function: math attention when it is faster, SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    use_math = (torch.is_grad_enabled() and query.requires_grad and key.shape[2] <= MAX_MATH_LENGTH
-                and kwargs.get("position_bias") is None)
+    # SDPA has no softcapping: softcapped models (Gemma-2) always take the math path, which applies it.
+    use_math = kwargs.get("position_bias") is None and (kwargs.get("softcap") is not None or (
+        torch.is_grad_enabled() and query.requires_grad and key.shape[2] <= MAX_MATH_LENGTH))
     if not use_math:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
@@ -101,9 +105,13 @@ def use_attention(model: torch.nn.Module, name: str) -> Iterator[None]:
 
 
 def swappable_configs(model: torch.nn.Module) -> list:
-    found = {id(m.config): m.config for m in model.modules()
-             if getattr(getattr(m, "config", None), "_attn_implementation", None) in ATTENTION_NAMES}
+    found = {id(m.config): m.config for m in model.modules() if _swappable(getattr(m, "config", None))}
     return list(found.values())
+
+
+def _swappable(config) -> bool:
+    name = getattr(config, "_attn_implementation", None)
+    return name in ATTENTION_NAMES or (name == "eager" and getattr(config, "model_type", None) in EAGER_SWAPPABLE_TYPES)
 
 
 def training_attention(model: torch.nn.Module) -> contextlib.AbstractContextManager:

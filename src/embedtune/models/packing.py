@@ -133,7 +133,8 @@ def register() -> None:
 
 
 def can_pack(model: torch.nn.Module) -> bool:
-    """Packing swaps the attention function, which models running transformers' SDPA attention allow."""
+    """Packing swaps the attention function, which models running transformers' SDPA attention allow (and
+    Gemma-2's eager one, which differs only by the softcapping we apply: models/attention.py)."""
     return bool(swappable_configs(model))
 
 
