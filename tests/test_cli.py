@@ -59,7 +59,7 @@ def test_run_writes_base_tuned_report(tiny_model_dir, tiny_data_dir, tmp_path, c
                  "fp32", "--lr", "1e-3", "--tasks", "sts12", "sts13"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"base", "tuned", "gain", "plan", "seconds"}
+    assert set(report) == {"base", "tuned", "gain", "plan", "seconds", "selected"}
     assert (report["base"]["average"], report["tuned"]["average"], report["gain"]) == (40.0, 47.25, 7.25)
     assert set(report["tuned"]["tasks"]) == {"sts12", "sts13"}
     markdown = (out / "report.md").read_text()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedtune.config import LOSSES, POOLINGS, PRECISIONS, QUANTIZATIONS, Config
+from embedtune.config import LOSSES, POOLINGS, PRECISIONS, QUANTIZATIONS, SELECTIONS, Config
 from embedtune.errors import EmbedtuneError, TrainingStopped
 
 # flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
@@ -33,6 +33,7 @@ TRAIN_FLAGS = {name: ("train", name) for name in (
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
                 "tasks": ("eval", "tasks")}
+RUN_FLAGS = {"time_budget": ("train", "time_budget"), "select": ("train", "select")}  # `run` only
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -53,7 +54,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "max_length", type=int, help="tokens per text (default: the saved folder's, else 512)")
     _flag(p, "device", help="auto (a CUDA GPU when there is one; default) | cpu | cuda | cuda:N")
     _flag(p, "quantize", choices=QUANTIZATIONS, help="int8: dynamic int8 linear layers for CPU inference (fp32)")
-    _switch(p, "trust_remote_code", "allow the model's own Python code (MiniCPM needs it)")
+    _switch(p, "trust_remote_code", "allow the model's own Python code (MiniCPM-2B loads natively without it)")
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="baseline eval + training + eval + report, in one command")
     _add_train_flags(p)
     _flag(p, "time_budget", help="wall-clock budget, e.g. 20m or 1h30m: steps and dev evaluation are sized to fit")
+    _flag(p, "select", choices=SELECTIONS,
+          help="adapter to evaluate and report: best by STSBenchmark dev score (default; the final one when no dev "
+               "evaluation ran) or final")
 
     p = sub.add_parser("export", help="merge an adapter and write a sentence-transformers folder")
     _add_model_flags(p)
@@ -165,8 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from embedtune.api import run
 
-    report = run(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS | {"time_budget": ("train",
-                                                                                                 "time_budget")}))
+    report = run(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS | RUN_FLAGS))
     print(f"report: {report['paths']['report_md']}")
     return 0
 

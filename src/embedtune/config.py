@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")  # plus "cuda:N"
 LOSSES = ("infonce", "cached")
 QUANTIZATIONS = ("int8",)  # dynamic int8 of the frozen linear layers, CPU inference only
 LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
+SELECTIONS = ("best", "final")  # which adapter `run` evaluates and reports: best by dev score, or the last one
 DEFAULT_MAX_LENGTH = 512  # when neither the config nor a saved embedder folder says otherwise
 # The learnable temperature is kept where logits stay finite and the softmax keeps a gradient (CLIP's bound).
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
@@ -85,6 +86,7 @@ class TrainConfig:
     mini_batch_tokens: int = 1024  # cached loss: tokens per mini-batch
     log_steps: int = 1
     time_budget: str | None = None  # `run` only: e.g. '20m', '1h30m'; sizes steps and dev evaluation to fit
+    select: str = "best"  # `run` only: best (by dev score; final when no dev evaluation ran) | final
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Config:
             (t.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {t.save_total_limit}"),
             (t.chunk_tokens >= 16, f"train.chunk_tokens must be >= 16, got {t.chunk_tokens}"),
             (t.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got '{t.loss}'"),
+            (t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}, got '{t.select}'"),
             (t.mini_batch_tokens >= 16, f"train.mini_batch_tokens must be >= 16, got {t.mini_batch_tokens}"),
             (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got '{t.precision}'"),
             (self.eval.precision in PRECISIONS, f"eval.precision must be one of {', '.join(PRECISIONS)}"),

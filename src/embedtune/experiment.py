@@ -2,6 +2,8 @@
 
 Each stage writes its result before the next starts (base.json, final/, tuned.json), so a crash loses at most
 the stage in flight; with --resume a finished baseline is reused and training continues from its checkpoint.
+The tuned evaluation runs on the adapter `train.select` names: `best` (OUTPUT/best, the step with the highest
+STSBenchmark dev score, as best.json records) or `final` (OUTPUT/final); report.json says which under "selected".
 """
 from __future__ import annotations
 
@@ -48,17 +50,46 @@ def run_experiment(config: Config) -> dict:
     plan = _keep_plan(budget, out / PLAN_FILE)
     gc.collect()
 
-    print("3/3 evaluation of the tuned model", flush=True)
-    tuned = evaluator(Embedder.from_config(config.model, adapter=str(final), precision=config.eval.precision))
+    selected, note = select_adapter(config.train.select, out, Path(final))
+    if note:
+        log.warning("%s", note)
+    print(f"3/3 evaluation of the tuned model ({selected['by']} adapter, step {selected['step']})", flush=True)
+    tuned = evaluator(Embedder.from_config(config.model, adapter=selected["adapter"],
+                                           precision=config.eval.precision))
     write_eval_outputs(tuned, out / "tuned.json")
 
     report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": plan,
-              "seconds": round(time.perf_counter() - started, 1)}
+              "seconds": round(time.perf_counter() - started, 1), "selected": selected}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plots = [p for p in (out / "loss.png", out / "dev_spearman.png") if p.is_file()]  # drawn by train()
-    (out / "report.md").write_text(_report_markdown(config, report, plots, out))
+    (out / "report.md").write_text(_report_markdown(config, report, plots, out, note))
     report["paths"] = {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}
     return report
+
+
+def select_adapter(select: str, out: Path, final: Path) -> tuple[dict, str | None]:
+    """The adapter to evaluate: {"adapter", "by", "step", "dev_score"}, and a note when `best` fell back to final.
+
+    `best` is OUTPUT/best with the step and score best.json records; without a dev evaluation there is no best
+    and the final adapter stands in. The final adapter's dev score is the evaluation at its step, if one ran.
+    """
+    events = read_metrics(out / METRICS)
+    steps = [e["step"] for e in events if "loss" in e]
+    final_step = steps[-1] if steps else None
+    dev = {e["step"]: sum(e["eval"].values()) / len(e["eval"]) for e in events if e.get("eval")}
+    best_file = out / "best.json"
+    best = json.loads(best_file.read_text()) if best_file.is_file() else {}
+    note = None
+    if select == "best":
+        if best.get("score") is None:
+            note = ("--select best: no dev evaluation ran (eval_steps 0, or none fitted the time budget), so there is "
+                    "no best adapter; evaluating the final one")
+        elif not (out / "best" / "adapter_config.json").is_file():
+            note = (f"--select best: best.json names step {best.get('step')} but {out / 'best'} holds no adapter; "
+                    "evaluating the final one")
+        else:
+            return {"adapter": str(out / "best"), "by": "best", "step": best["step"], "dev_score": best["score"]}, None
+    return {"adapter": str(final), "by": "final", "step": final_step, "dev_score": dev.get(final_step)}, note
 
 
 def time_budget(config: Config, base: dict, started: float) -> TimeBudget:
@@ -79,8 +110,14 @@ def _keep_plan(budget: TimeBudget, path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path) -> str:
+def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path, note: str | None = None) -> str:
     text = comparison_markdown(report["base"], report["tuned"], "Contrastive fine-tuning (paper Table 2 format)")
+    selected = report["selected"]
+    dev_score = f", STSBenchmark dev Spearman {selected['dev_score']:.2f}" if selected["dev_score"] is not None else ""
+    text += (f"\nTuned model: the {selected['by']} adapter (step {selected['step']}{dev_score}), "
+             f"`{selected['adapter']}`.\n")
+    if note:
+        text += f"\nNote: {note}.\n"
     events = read_metrics(out / METRICS)
     steps = [e for e in events if "loss" in e]
     dev = [e for e in events if "eval" in e]

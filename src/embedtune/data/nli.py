@@ -1,7 +1,9 @@
 """NLI training triplets: readers, raw-pair conversion, cleaning with counts, decontamination.
 
 A triplet is (anchor, positive, hard negative): the premise, an entailed hypothesis and a contradicted one,
-as in SimCSE's `nli_for_simcse.csv` (columns `sent0, sent1, hard_neg`).
+as in SimCSE's `nli_for_simcse.csv` (columns `sent0, sent1, hard_neg`). Without hard negatives
+(`train.hard_negatives=false`) only (anchor, positive) is read, so pairs-only files train too, and the cleaning
+rules look at those two fields only.
 """
 from __future__ import annotations
 
@@ -20,18 +22,32 @@ log = logging.getLogger(__name__)
 SIMCSE_HUB_REPO = "princeton-nlp/datasets-for-simcse"
 SIMCSE_HUB_FILE = "nli_for_simcse.csv"
 PAIR_COLUMNS = ("premise", "hypothesis", "label")
+# Raw NLI labels by name ('-' is SNLI's "no gold label"), and as the hub's SNLI/MultiNLI store them (class ids).
+NLI_LABELS: dict[str, str | None] = {"entailment": "entailment", "neutral": "neutral",
+                                     "contradiction": "contradiction", "-": None, "": None}
+NUMERIC_NLI_LABELS: dict[str, str | None] = {"0": "entailment", "1": "neutral", "2": "contradiction", "-1": None}
+# The texts of one training row as training sees them: (anchor, positive) or (anchor, positive, negative).
+RawRow = tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Triplet:
     anchor: str
     positive: str
-    negative: str
+    negative: str | None = None  # None: no hard negative (hard negatives off)
+
+    def texts(self) -> RawRow:
+        return (self.anchor, self.positive) if self.negative is None else (self.anchor, self.positive, self.negative)
 
 
 @dataclass
 class CleaningReport:
-    """How many rows each cleaning rule removed; `kept` is what training sees."""
+    """How many rows each cleaning rule removed; `kept` is what training sees.
+
+    Raw NLI pairs (premise, hypothesis, label) are first turned into rows (`read` counts those rows); the `pairs_`
+    counts say which pair rows that conversion dropped, by reason, so that `pairs_read` is their sum plus the rows
+    used (one entailed and, with hard negatives, one contradicted hypothesis per row built).
+    """
 
     read: int = 0
     empty_field: int = 0
@@ -39,13 +55,29 @@ class CleaningReport:
     duplicate: int = 0
     contaminated: int = 0
     kept: int = 0
+    pairs_read: int = 0
+    pairs_empty_field: int = 0  # empty premise or hypothesis
+    pairs_neutral: int = 0
+    pairs_no_label: int = 0  # no gold label: '-' (SNLI) or -1 (the hub's class ids)
+    pairs_no_entailment: int = 0  # rows of premises that have no entailed hypothesis
+    pairs_no_contradiction: int = 0  # rows of premises that have no contradicted one (hard negatives on)
+    pairs_unused: int = 0  # further hypotheses of a premise (and, without hard negatives, its contradictions)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The counts; the `pairs_` ones only when raw NLI pairs were read."""
+        counts = asdict(self)
+        return counts if self.pairs_read else {k: v for k, v in counts.items() if not k.startswith("pairs_")}
 
     def summary(self) -> str:
-        return (f"{self.read} rows read; dropped {self.empty_field} with an empty field, {self.degenerate} degenerate, "
+        text = (f"{self.read} rows read; dropped {self.empty_field} with an empty field, {self.degenerate} degenerate, "
                 f"{self.duplicate} duplicates, {self.contaminated} overlapping the STS sets; {self.kept} kept")
+        if not self.pairs_read:
+            return text
+        return (f"{self.pairs_read} NLI pair rows read, of which {self.pairs_empty_field} had an empty field, "
+                f"{self.pairs_neutral} were neutral, {self.pairs_no_label} had no gold label, "
+                f"{self.pairs_no_entailment} belong to premises without an entailed hypothesis, "
+                f"{self.pairs_no_contradiction} to premises without a contradicted one and {self.pairs_unused} were "
+                f"further hypotheses of a premise; then {text}")
 
 
 def training_files(config: DataConfig, data_dir: Path | None) -> list[str]:
@@ -61,38 +93,94 @@ def training_files(config: DataConfig, data_dir: Path | None) -> list[str]:
     return [f"hf://{SIMCSE_HUB_REPO}/{SIMCSE_HUB_FILE}"]
 
 
-def read_training_file(spec: str, config: DataConfig) -> list[tuple[str, str, str] | None]:
-    """Raw (anchor, positive, negative) rows; None marks a row with an empty field (counted, then dropped)."""
+def read_training_file(spec: str, config: DataConfig, hard_negatives: bool = True,
+                       report: CleaningReport | None = None) -> list[RawRow | None]:
+    """Raw (anchor, positive, negative) rows, or (anchor, positive) without hard negatives; None marks a row with
+    an empty field (counted, then dropped). Raw NLI pairs are converted, their drops counted in `report`."""
     path = _local_copy(spec)
     rows = read_table(path, [])
     header = rows[0].values.keys()
     if all(c in header for c in PAIR_COLUMNS) and config.anchor_column not in header:
-        return [(t.anchor, t.positive, t.negative) for t in pairs_to_triplets(rows)]
-    columns = [config.anchor_column, config.positive_column, config.negative_column]
+        return [t.texts() for t in pairs_to_triplets(rows, hard_negatives, report, str(path))]
+    columns = [config.anchor_column, config.positive_column]
     require_columns(path, rows, columns)
+    if hard_negatives:
+        if config.negative_column not in header:
+            line = 1 if path.suffix.lower() in (".tsv", ".csv") else rows[0].line
+            raise DataError(f"missing column (found: {', '.join(map(str, header))}): hard negatives need it; for "
+                            "(anchor, positive) pairs pass --no-hard-negatives, or name the column with "
+                            "--negative-column", file=str(path), line=line, field=config.negative_column)
+        columns.append(config.negative_column)
     return [_cells(row.values, columns) for row in rows]
 
 
-def _cells(values: dict, columns: list[str]) -> tuple[str, str, str] | None:
+def _cells(values: dict, columns: list[str]) -> RawRow | None:
     cells = [values.get(c) for c in columns]
     if any(not isinstance(c, str) or not c.strip() for c in cells):
         return None
-    return tuple(c.strip() for c in cells)  # type: ignore[return-value]
+    return tuple(c.strip() for c in cells)
 
 
-def pairs_to_triplets(rows: list[Row]) -> list[Triplet]:
-    """Premise; its first entailed hypothesis as positive; its first contradicted one as hard negative."""
+def pairs_to_triplets(rows: list[Row], hard_negatives: bool = True, report: CleaningReport | None = None,
+                      source: str = "NLI pairs") -> list[Triplet]:
+    """Premise; its first entailed hypothesis as positive; its first contradicted one as hard negative (none
+    without hard negatives). Labels are names or the hub's class ids (0/1/2, -1 for no gold label); each dropped
+    row is counted in `report` by reason."""
+    report = report if report is not None else CleaningReport()
     entailed: dict[str, str] = {}
     contradicted: dict[str, str] = {}
+    rows_of: dict[str, list[str]] = {}  # premise -> labels of its usable rows, premises in order of appearance
+    numeric = False
     for row in rows:
-        premise, hypothesis, label = (str(row.values[c] or "").strip() for c in PAIR_COLUMNS)
+        report.pairs_read += 1
+        premise, hypothesis = (_text(row.values.get(c)) for c in PAIR_COLUMNS[:2])
+        label, was_numeric = _nli_label(row.values.get("label"), source, row.line)
+        numeric |= was_numeric
         if not premise or not hypothesis:
+            report.pairs_empty_field += 1
             continue
-        if label == "entailment":
-            entailed.setdefault(premise, hypothesis)
-        elif label == "contradiction":
-            contradicted.setdefault(premise, hypothesis)
-    return [Triplet(p, entailed[p], contradicted[p]) for p in entailed if p in contradicted]
+        labels = rows_of.setdefault(premise, [])
+        if label is None:
+            report.pairs_no_label += 1
+        elif label == "neutral":
+            report.pairs_neutral += 1
+        else:
+            labels.append(label)
+            (entailed if label == "entailment" else contradicted).setdefault(premise, hypothesis)
+    if numeric:
+        log.info("%s: numeric NLI labels read as 0 entailment, 1 neutral, 2 contradiction, -1 no gold label "
+                 "(the hub's SNLI/MultiNLI class ids)", source)
+    triplets = []
+    for premise, labels in rows_of.items():
+        if premise not in entailed:
+            report.pairs_no_entailment += len(labels)
+        elif hard_negatives and premise not in contradicted:
+            report.pairs_no_contradiction += len(labels)
+        else:
+            used = 2 if hard_negatives else 1
+            report.pairs_unused += len(labels) - used
+            triplets.append(Triplet(premise, entailed[premise], contradicted[premise] if hard_negatives else None))
+    return triplets
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else "" if value is None else str(value).strip()
+
+
+def _nli_label(value: object, source: str, line: int) -> tuple[str | None, bool]:
+    """(label name, or None for no gold label; whether it was a class id) of one raw NLI label cell."""
+    if isinstance(value, float) and value != value:  # a missing cell in parquet/pandas
+        return None, False
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        key = str(int(value))
+    else:
+        key = _text(value).lower()
+    if key in NLI_LABELS:
+        return NLI_LABELS[key], False
+    if key in NUMERIC_NLI_LABELS:
+        return NUMERIC_NLI_LABELS[key], True
+    raise DataError(f"unknown NLI label {value!r}: expected entailment, neutral, contradiction or '-' (no gold "
+                    "label), or the hub's class ids 0, 1, 2 and -1", file=source, line=line, field="label")
 
 
 def _local_copy(spec: str) -> Path:
@@ -113,12 +201,16 @@ def normalise(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def clean_triplets(rows: Iterable[tuple[str, str, str] | None], eval_sentences: set[str] | None = None
-                   ) -> tuple[list[Triplet], CleaningReport]:
-    """Drop empty, degenerate, duplicate and (when eval sentences are given) contaminated rows, counting each."""
-    report = CleaningReport()
+def clean_triplets(rows: Iterable[RawRow | None], eval_sentences: set[str] | None = None,
+                   report: CleaningReport | None = None) -> tuple[list[Triplet], CleaningReport]:
+    """Drop empty, degenerate, duplicate and (when eval sentences are given) contaminated rows, counting each.
+
+    Rows are the texts training sees, (anchor, positive, negative) or (anchor, positive): a row is degenerate
+    when two of its texts are the same, a duplicate when all are, contaminated when any is an eval sentence.
+    """
+    report = report if report is not None else CleaningReport()
     kept: list[Triplet] = []
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[RawRow] = set()
     blocked = {normalise(s) for s in eval_sentences} if eval_sentences else set()
     for row in rows:
         report.read += 1
@@ -126,26 +218,28 @@ def clean_triplets(rows: Iterable[tuple[str, str, str] | None], eval_sentences: 
             report.empty_field += 1
             continue
         keys = tuple(normalise(s) for s in row)
-        if keys[0] == keys[1] or keys[1] == keys[2] or keys[0] == keys[2]:
+        if len(set(keys)) < len(keys):
             report.degenerate += 1
         elif keys in seen:
             report.duplicate += 1
         elif blocked and any(k in blocked for k in keys):
             report.contaminated += 1
         else:
-            seen.add(keys)  # type: ignore[arg-type]
+            seen.add(keys)
             kept.append(Triplet(*row))
     report.kept = len(kept)
     return kept, report
 
 
-def load_triplets(config: DataConfig, data_dir: Path | None, eval_sentences: set[str] | None
-                  ) -> tuple[list[Triplet], CleaningReport]:
-    """Read every training file, then clean; fails up front when nothing usable is left."""
-    rows: list[tuple[str, str, str] | None] = []
+def load_triplets(config: DataConfig, data_dir: Path | None, eval_sentences: set[str] | None,
+                  hard_negatives: bool = True) -> tuple[list[Triplet], CleaningReport]:
+    """Read every training file, then clean; fails up front when nothing usable is left. Without hard negatives
+    the negative column is not read (triplets carry none) and pairs-only files are accepted."""
+    report = CleaningReport()
+    rows: list[RawRow | None] = []
     for spec in training_files(config, data_dir):
-        rows.extend(read_training_file(spec, config))
-    triplets, report = clean_triplets(rows, eval_sentences if config.decontaminate else None)
+        rows.extend(read_training_file(spec, config, hard_negatives, report))
+    triplets, report = clean_triplets(rows, eval_sentences if config.decontaminate else None, report)
     if config.max_train_samples is not None:
         triplets = triplets[: config.max_train_samples]
         report.kept = len(triplets)

@@ -30,7 +30,7 @@ from embedtune.models.loading import (
     resolve_model,
     saved_settings,
 )
-from embedtune.models.packing import can_pack, pack, packed_attention
+from embedtune.models.packing import Packing, can_pack, pack, packed_attention
 
 log = logging.getLogger(__name__)
 # Bidirectional encoders pool over all tokens; everything else is treated as a decoder LM (EOS pooling).
@@ -39,6 +39,22 @@ ENCODER_MODEL_TYPES = frozenset(
      "modernbert", "nomic_bert", "albert"}
 )
 EOS_CHECK_TEXTS = ("A man is playing a guitar.", "x", "The quick brown fox jumps over the lazy dog " * 3)
+# The packing self-check: a short text placed after two different long texts in one packed row. Any attention
+# across a text boundary changes its vector, whichever text it reaches into.
+PACKING_CHECK_TEXTS = ("The quick brown fox jumps over the lazy dog while the cat sits on the red chair in the house",
+                       "A man is playing a guitar.",
+                       "A woman is eating food at the table and a child reads a big old book in the park", "x")
+PACKING_CHECK_GROUPS = ((0, 1), (2, 1, 3))  # indices into PACKING_CHECK_TEXTS: attention groups of the one row
+# max |packed - reference| / max |reference| per text vector. Against the same text alone in a packed row (same
+# attention function, dtype and row length) a correct model reproduces it: measured on the tiny test models
+# 0 in bf16 and < 5e-7 in fp32, while a leak of a single token across a boundary moved vectors by > 0.25 (a whole-
+# row causal leak by > 0.8). Against padded batches the model's own attention kernels round differently: < 6e-7
+# in fp32, up to 1.3e-2 in bf16 on the tiny models and more on deep ones (cosines ~0.98 on real models), so in
+# bf16 that comparison only guards against a broken layout (cosine > 0.95).
+PACKING_CROSS_TEXT_TOLERANCE = {torch.float32: 1e-5}  # other dtypes: PACKING_LOW_PRECISION_TOLERANCE
+PACKING_LOW_PRECISION_TOLERANCE = 5e-3
+PACKING_PADDED_TOLERANCE_FP32 = 1e-3
+PACKING_PADDED_MIN_COSINE = 0.95
 
 
 def default_pooling(model_type: str) -> str:
@@ -160,7 +176,9 @@ class Embedder:
         last = last_token_index(batch["attention_mask"])
         for row in range(len(EOS_CHECK_TEXTS)):
             tokens = batch["input_ids"][row, : last[row] + 1].tolist()
-            if tokens[-1] != self.eos_id or tokens.count(self.eos_id) != 1:
+            # A leading BOS is no EOS, even where it is the same token (Phi-2-style tokenizers that prepend one).
+            body = tokens[1:] if len(tokens) > 1 and tokens[0] == self.tokenizer.bos_token_id else tokens
+            if tokens[-1] != self.eos_id or body.count(self.eos_id) != 1:
                 raise ModelError(
                     f"{self.name}: encoded input does not end with exactly one EOS (id {self.eos_id}): {tokens[-5:]}"
                 )
@@ -197,14 +215,17 @@ class Embedder:
     def _embed_packed(self, ids: Sequence[Sequence[int]], max_tokens: int) -> torch.Tensor:
         """Texts as packed rows: no padding anywhere except inside attention (see models/packing.py)."""
         rows = packed_rows([len(x) for x in ids], max_tokens)
-        vectors = []
-        for groups in rows:
-            packing = pack(ids, groups, self.backend.row_multiple, self.pad_id).to(self.device)
-            with self.backend.autocast(), packed_attention(self.model):
-                hidden = self.model(input_ids=packing.input_ids, position_ids=packing.position_ids,
-                                    use_cache=False, packing=packing).last_hidden_state
-            vectors.append(F.normalize(hidden[0, packing.last_index].float(), dim=-1))
+        vectors = [self._packed_row_vectors(pack(ids, groups, self.backend.row_multiple, self.pad_id))
+                   for groups in rows]
         return torch.cat(vectors)[restore_order([[i for group in groups for i in group] for groups in rows])]
+
+    def _packed_row_vectors(self, packing: Packing) -> torch.Tensor:
+        """Pooled, L2-normalised fp32 vectors of one packed row's texts, in row order."""
+        packing = packing.to(self.device)
+        with self.backend.autocast(), packed_attention(self.model):
+            hidden = self.model(input_ids=packing.input_ids, position_ids=packing.position_ids,
+                                use_cache=False, packing=packing).last_hidden_state
+        return F.normalize(hidden[0, packing.last_index].float(), dim=-1)
 
     @property
     def packable(self) -> bool:
@@ -214,25 +235,55 @@ class Embedder:
         return self._packing_ok
 
     def _packing_matches_padding(self) -> bool:
-        """Packing relies on the model passing keyword arguments down to attention; check once, fall back if not."""
+        """Packing relies on the model passing the layout down to attention; check once, fall back if not.
+
+        A model whose forward swallows the `packing` keyword (`**kwargs`) and attends across the whole row runs
+        without error, so the check compares vectors: a leak across text boundaries must show.
+        """
+        try:
+            errors = self._packing_errors()
+        except (ModelError, TypeError) as err:
+            log.warning("%s: packed sequences unsupported (%s); using padded chunks", self.name, err)
+            return False
+        cross_limit = PACKING_CROSS_TEXT_TOLERANCE.get(self.dtype, PACKING_LOW_PRECISION_TOLERANCE)
+        if errors["cross_text"] > cross_limit:
+            log.warning("%s: packed rows let attention cross text boundaries (a text's vector moved by %.2g of its "
+                        "scale next to other texts, limit %.0e): the model does not honour the packing layout; "
+                        "using padded chunks", self.name, errors["cross_text"], cross_limit)
+            return False
+        padded_ok = (errors["padded"] <= PACKING_PADDED_TOLERANCE_FP32 if self.dtype == torch.float32
+                     else errors["padded_cosine"] >= PACKING_PADDED_MIN_COSINE)
+        if not padded_ok:
+            log.warning("%s: packed and padded embeddings differ (max difference %.2g of scale, cosine %.4f); using "
+                        "padded chunks", self.name, errors["padded"], errors["padded_cosine"])
+        return padded_ok
+
+    def _packing_errors(self) -> dict[str, float]:
+        """How far packed vectors land from their references, as max |diff| / max |reference| over the texts.
+
+        `cross_text`: one row holding the check texts (a short one after two different long ones) against each
+        text alone in a packed row of the same length, where nothing precedes it to leak from. `padded` and
+        `padded_cosine`: the texts alone in packed rows against a padded batch.
+        """
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                ids = self.tokenize(EOS_CHECK_TEXTS)
+                ids = self.tokenize(PACKING_CHECK_TEXTS)
                 padded = self.embed_batch(self.pad(ids))
-                packed = self._embed_packed(ids, 4096)
-            # bf16 rounding differs with the shapes (cosines ~0.98 on real models); a model that ignores the
-            # layout lands far lower.
-            agree = float((padded * packed).sum(-1).min()) > 0.95
-        except (ModelError, TypeError) as err:
-            log.warning("%s: packed sequences unsupported (%s); using padded chunks", self.name, err)
-            return False
+                row = pack(ids, PACKING_CHECK_GROUPS, self.backend.row_multiple, self.pad_id)
+                together = self._packed_row_vectors(row)  # in row order: the texts of each group in turn
+                width = row.input_ids.shape[1]  # alone rows padded to the same length: the same matmul shapes
+                alone = torch.cat([self._packed_row_vectors(pack([x], [[0]], width, self.pad_id)) for x in ids])
         finally:
             self.model.train(was_training)
-        if not agree:
-            log.warning("%s: packed and padded embeddings differ; using padded chunks", self.name)
-        return agree
+
+        def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+            return float(((a - b).abs().amax(-1) / b.abs().amax(-1).clamp(min=1e-12)).max())
+
+        order = [i for group in PACKING_CHECK_GROUPS for i in group]
+        return {"cross_text": relative(together, alone[order]), "padded": relative(alone, padded),
+                "padded_cosine": float((alone * padded).sum(-1).min())}
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int = 4096, show_progress: bool = False,

@@ -62,7 +62,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     torch.manual_seed(t.seed)
 
     # Data first: bad files fail before the model loads.
-    triplets, cleaning = load_triplets(config.data, resolve_data_dir(config.data.data_dir), blocked_sentences(config))
+    triplets, cleaning = load_triplets(config.data, resolve_data_dir(config.data.data_dir), blocked_sentences(config),
+                                       t.hard_negatives)
     log.info("training data: %s", cleaning.summary())
     (out / "data_report.json").write_text(json.dumps(cleaning.as_dict(), indent=2) + "\n")
     evaluator = dev_evaluator(config)
