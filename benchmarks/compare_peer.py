@@ -5,7 +5,7 @@ Same model (Gemma-3-270M), same offline triplets (cleaned once, the same rows fo
 temperature 0.05 (= MultipleNegativesRankingLoss scale 20), lr 5e-5, bf16, the same number of steps. Each
 side trains in its own subprocess (so that peak RSS is its own), alternating ours / peer per batch size.
 
-    .venv/bin/python benchmarks/compare_peer.py --data-dir ../shared/data [--quick]
+    .venv/bin/python -m benchmarks.compare_peer --data-dir ../shared/data [--quick]
 
 `--quick`: 6 steps (the first 2 not timed), quality on three STS sets; evaluation speed is timed on all nine
 sets either way. On this machine at half speed 12 steps took 22 minutes and 8 steps about 22 too (the peer's
@@ -15,126 +15,55 @@ the libraries' defaults; `--peer-runtime` gives the peer ours too. Efficiency is
 three matmul probes (start, after training, end). The last three lines are
 `ratio train_tokens_per_s X`, `ratio eval_speed X` and `ratio train_peak_rss X`.
 `--device` (default: the peer on CPU, ours on the library's default device) runs every side on one device;
-benchmarks/gpu_check.py reuses these workers on CUDA.
+`python -m benchmarks.gpu_check` reuses these workers on CUDA. `--tasks` picks the quality check's sets,
+`--probe-seconds` the time per matmul probe (3 s; less for a smoke run).
 """
 from __future__ import annotations
 
+if not __package__:  # started as a file (python benchmarks/X.py): re-run as python -m benchmarks.X
+    import _bootstrap  # noqa: F401
+
 import argparse
-import json
-import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-QUICK_TASKS = ["sts17", "biosses", "stsbenchmark"]
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-
-
-def cuda_in_use() -> bool:
-    """Whether this process has used CUDA (never true with the CPU build of torch)."""
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_initialized()
-
-
-def synchronize() -> None:
-    """Wait for queued GPU work, so that wall-clock timings include it (CUDA kernels run asynchronously)."""
-    import torch
-
-    if cuda_in_use():
-        torch.cuda.synchronize()
-
-
-def peak_gpu_memory() -> dict[str, float]:
-    """Peak GPU memory of this process in GiB: held by tensors (max_memory_allocated) and by the caching
-    allocator (max_memory_reserved); empty when the process never used CUDA."""
-    import torch
-
-    if not cuda_in_use():
-        return {}
-    return {"peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024 ** 3,
-            "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved() / 1024 ** 3}
-
-
-def matmul_probe_rates(seconds: float = 3.0, device: str = "cpu") -> list[float]:
-    """GFLOP/s of single square bf16 products on `device`, looped for `seconds` (two sizes, half the time each)."""
-    import torch
-
-    rates = []
-    wait = synchronize if device != "cpu" else lambda: None
-    for n in ((1024, 2048) if device == "cpu" else (4096, 8192)):
-        a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-        b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-        a @ b
-        end = time.perf_counter() + seconds / 2
-        while time.perf_counter() < end:
-            wait()
-            start = time.perf_counter()
-            a @ b
-            wait()
-            rates.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-    return rates
-
-
-def matmul_peak_gflops(seconds: float = 3.0, device: str = "cpu") -> float:
-    """bf16 matmul peak of this machine's `device`, measured now (best of several square products)."""
-    return max(matmul_probe_rates(seconds, device))
-
-
-def shared_triplets(data_dir: str, limit: int):
-    from embedtune.config import DataConfig
-    from embedtune.data.nli import load_triplets
-    from embedtune.data.sts import resolve_data_dir
-
-    triplets, _ = load_triplets(DataConfig(decontaminate=False), resolve_data_dir(data_dir), None)
-    return triplets[:limit]
-
-
-def write_triplets(path: Path, triplets) -> None:
-    import csv
-
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, delimiter="\t")
-        writer.writerow(["sent0", "sent1", "hard_neg"])
-        writer.writerows([t.anchor, t.positive, t.negative] for t in triplets)
-
+from benchmarks import harness
+from benchmarks.harness import QUICK_TASKS, matmul_peak_gflops, peak_gpu_memory, peak_rss_gb
 
 # ---- workers (one subprocess each) -------------------------------------------------------------------------
 
 def worker_ours(args) -> dict:
     from embedtune.config import Config
-    from embedtune.models.embedder import Embedder
-    from embedtune.training.trainer import METRICS, train
+    from embedtune.training.trainer import train
 
     config = Config.from_dict({
-        "model": {"name": args.model},
+        # Without --device, the trainer builds the embedder on the library's default device.
+        "model": {"name": args.model, "device": args.device or "auto"},
         "data": {"train_files": [args.triplets], "decontaminate": False},
         "lora": {"targets": "attention"},
         "train": {"output_dir": args.out_dir, "batch_size": args.batch, "max_steps": args.steps, "lr": 5e-5,
                   "precision": "bf16", "eval_steps": 0, "save_steps": args.steps, "seed": 0},
     }).validate()
-    # Without --device, train() builds the embedder on the library's default device.
-    embedder = Embedder(args.model, precision="bf16", device=args.device) if args.device else None
-    final = train(config, embedder)
-    steps = [json.loads(line) for line in (Path(args.out_dir) / METRICS).read_text().splitlines()]
-    seconds = [e["seconds"] for e in steps if "loss" in e][args.warmup:]
+    log = harness.StepLog()
+    final = train(config, callbacks=[log])
+    losses = [e["loss"] for e in log.steps]
+    step_seconds = [e["seconds"] for e in log.steps]
+    seconds = step_seconds[args.warmup:]
     return {"adapter": str(final), "seconds_per_step": sum(seconds) / len(seconds), "peak_rss_gb": peak_rss_gb(),
-            "final_loss": steps[-1]["loss"], "losses": [e["loss"] for e in steps if "loss" in e],
-            "step_seconds": [e["seconds"] for e in steps if "loss" in e], **peak_gpu_memory()}
+            "final_loss": losses[-1], "losses": losses, "step_seconds": step_seconds, **peak_gpu_memory()}
 
 
 def worker_peer(args) -> dict:
     import datasets
     from peft import LoraConfig, get_peft_model
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments, losses, models)
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+        models,
+    )
     from transformers import TrainerCallback
 
     from embedtune.models.loading import resolve_model
@@ -145,12 +74,14 @@ def worker_peer(args) -> dict:
     # (sentence-transformers 6's `auto_model` is a read-only view of `model`).
     peft_model = get_peft_model(transformer.auto_model, LoraConfig(
         r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    assert any("lora_A" in n for n, _ in transformer.auto_model.named_parameters())
+    if not any("lora_A" in n for n, _ in transformer.auto_model.named_parameters()):
+        raise RuntimeError("peft's LoRA layers did not reach sentence-transformers' module: the peer would train "
+                           "nothing")
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
     device = args.device or "cpu"
     model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device=device)
     eos = model.tokenizer.eos_token
-    rows = [line.split("\t") for line in Path(args.triplets).read_text(encoding="utf-8").splitlines()[1:]]
+    rows = harness.read_triplet_rows(args.triplets)
     data = datasets.Dataset.from_dict({"anchor": [r[0] + eos for r in rows], "positive": [r[1] + eos for r in rows],
                                        "negative": [r[2] + eos for r in rows]})
     times: list[float] = []
@@ -160,7 +91,7 @@ def worker_peer(args) -> dict:
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
-            synchronize()
+            harness.synchronize()
             times.append(time.perf_counter() - self.start)
 
     training_args = SentenceTransformerTrainingArguments(
@@ -191,19 +122,16 @@ def worker_eval(args) -> dict:
 
 
 def worker_eval_speed(args) -> dict:
-    sys.path.insert(0, str(HERE))
-    from eval_speed import run_peer
-
-    from embedtune.data.sts import load_sts, resolve_data_dir, resolve_tasks
+    from benchmarks.eval_speed import run_peer
     from embedtune.evaluation.sts import STSEvaluator
     from embedtune.models.embedder import Embedder
     from embedtune.models.loading import resolve_model
 
-    datasets = [load_sts(t, resolve_data_dir(args.data_dir)) for t in resolve_tasks(args.tasks)]
+    datasets = harness.sts_sets(args.data_dir, args.tasks)
     if args.side == "ours":
         evaluator = STSEvaluator(datasets, show_progress=False)
         embedder = Embedder(args.model, device=args.device)
-        result = evaluator(embedder)
+        result = harness.timed_evaluation(evaluator, embedder)
         tokens = sum(map(len, embedder.tokenize(evaluator.unique_sentences)))
         return {"seconds": result["seconds"], "tokens": tokens, "average": result["average"]}
     scores, seconds = run_peer(resolve_model(args.model).location, datasets, 32, args.device or "cpu")
@@ -217,31 +145,19 @@ def process_env(side: str, peer_runtime: bool) -> dict[str, str]:
     """Ours runs as the `embedtune` command does (mimalloc, bounded kernel caches: embedtune/runtime.py); the
     peer as sentence-transformers users run it (glibc malloc, the libraries' default cache sizes; importing
     embedtune in its worker would otherwise cap the caches in-process), unless --peer-runtime."""
-    from embedtune.runtime import KERNEL_CACHE_DEFAULTS, runtime_environment
-
     if side == "ours" or peer_runtime:
-        return {**os.environ, **runtime_environment()}
-    return {**os.environ, **KERNEL_CACHE_DEFAULTS}
+        return harness.embedtune_runtime()
+    return harness.library_defaults()
 
 
-def spawn(kind: str, env: dict[str, str] | None = None, script: str | Path = __file__, **options) -> dict:
-    """Run worker `kind` of `script` (this file by default) in a subprocess; options become its flags."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        command = [sys.executable, str(script), "--worker", kind, "--result", result.name]
-        for key, value in options.items():
-            if value is None:
-                continue
-            command += [f"--{key.replace('_', '-')}"] + ([str(v) for v in value] if isinstance(value, list)
-                                                         else [str(value)])
-        print(f"  running {kind} {options.get('side', '')} {options.get('batch', '')}".rstrip(), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
-        return json.loads(Path(result.name).read_text())
+def spawn(kind: str, env: dict[str, str] | None = None, **options) -> dict:
+    """Run this script's worker `kind` in a subprocess; options become its flags."""
+    return harness.spawn(__name__, kind, env, **options)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--model", default="gemma3-270m")
+    harness.add_common_options(parser, device_help="cpu, cuda, ...: both sides on it (default: peer cpu, ours auto)")
     parser.add_argument("--quick", action="store_true",
                         help="6 steps and a 3-set quality check (evaluation speed stays nine-set): under 20 minutes")
     parser.add_argument("--steps", type=int, default=None)
@@ -250,29 +166,30 @@ def main() -> None:
                         help="diagnostic runs only: no nine-set timing ('ratio eval_speed skipped')")
     parser.add_argument("--peer-runtime", action="store_true",
                         help="run the peer with embedtune's process set-up too (mimalloc, capped kernel caches)")
-    parser.add_argument("--device", help="cpu, cuda, ...: both sides on it (default: peer cpu, ours auto)")
+    parser.add_argument("--tasks", nargs="+", help="STS sets of the quality check (default: all nine; --quick: "
+                        f"{' '.join(QUICK_TASKS)}); worker: the sets to evaluate")
+    parser.add_argument("--probe-seconds", type=float, default=3.0, help="time per matmul probe (three probes)")
     # worker-only options
-    parser.add_argument("--worker", choices=WORKERS)
-    parser.add_argument("--result")
-    parser.add_argument("--batch", type=int)
-    parser.add_argument("--out-dir")
-    parser.add_argument("--triplets")
-    parser.add_argument("--adapter")
-    parser.add_argument("--side")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--tasks", nargs="+")
-    args = parser.parse_args()
-    if args.worker:
-        Path(args.result).write_text(json.dumps(WORKERS[args.worker](args)))
+    harness.add_worker_options(parser, WORKERS)
+    for name in ("--batch", "--warmup"):
+        parser.add_argument(name, type=int, default=2 if name == "--warmup" else None, help=argparse.SUPPRESS)
+    for name in ("--out-dir", "--triplets", "--adapter", "--side"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if harness.run_worker(args, WORKERS):
         return
 
     steps = args.steps or (6 if args.quick else 100)
-    tasks = QUICK_TASKS if args.quick else None
+    tasks = args.tasks or (QUICK_TASKS if args.quick else None)
     work = Path(tempfile.mkdtemp(prefix="compare_peer-"))
-    triplets = shared_triplets(args.data_dir, limit=max(args.batches) * steps)
-    write_triplets(work / "triplets.tsv", triplets)
+    triplets = harness.shared_triplets(args.data_dir, limit=max(args.batches) * steps)
+    harness.write_triplets(work / "triplets.tsv", triplets)
     from embedtune.models.embedder import Embedder
-    from embedtune.training.trainer import non_embedding_parameters
+    from embedtune.training.metrics import non_embedding_parameters
 
     probe = Embedder(args.model, device=args.device)
     tokens_per_triplet = sum(len(x) for t in triplets for x in probe.tokenize([t.anchor, t.positive, t.negative])) \
@@ -281,7 +198,7 @@ def main() -> None:
     del probe
     # The matmul peak is probed at the start, after training and at the end: on a shared machine one probe can
     # land in a slow minute and flatter the efficiency figures; the highest probe is the peak.
-    probes = {"start": matmul_peak_gflops(device=args.device or "cpu")}
+    probes = {"start": matmul_peak_gflops(args.probe_seconds, args.device or "cpu")}
     print(f"model {args.model}: {n_params / 1e6:.1f}M non-embedding parameters; {len(triplets)} triplets, "
           f"{tokens_per_triplet:.1f} real tokens per triplet; bf16 matmul probe {probes['start']:.0f} GFLOP/s; "
           f"{steps} steps")
@@ -292,7 +209,7 @@ def main() -> None:
             runs[side, batch] = spawn(side, process_env(side, args.peer_runtime), model=args.model, batch=batch,
                                       steps=steps, triplets=work / "triplets.tsv", out_dir=work / f"{side}-{batch}",
                                       warmup=min(2, steps - 1), device=args.device)
-    probes["after training"] = matmul_peak_gflops(device=args.device or "cpu")
+    probes["after training"] = matmul_peak_gflops(args.probe_seconds, args.device or "cpu")
     peak = max(probes.values())
     print(f"\ntraining (GFLOP/s against the higher matmul probe so far, {peak:.0f})")
     print(f"{'side':<6}{'batch':>6}{'s/step':>9}{'real tok/s':>12}{'peak RSS GB':>13}{'GFLOP/s':>9}{'of peak':>9}")
@@ -302,7 +219,7 @@ def main() -> None:
         print(f"{side:<6}{batch:>6}{r['seconds_per_step']:>9.2f}{r['tokens_per_s']:>12.0f}{r['peak_rss_gb']:>13.2f}"
               f"{r['gflops']:>9.0f}{100 * r['gflops'] / peak:>8.0f}%")
 
-    print("\nquality after the same steps (batch %d, one evaluator for both)" % args.batches[0])
+    print(f"\nquality after the same steps (batch {args.batches[0]}, one evaluator for both)")
     quality = {side: spawn("eval", model=args.model, adapter=runs[side, args.batches[0]]["adapter"],
                            data_dir=args.data_dir, tasks=tasks, device=args.device) for side in ("ours", "peer")}
     for side, q in quality.items():
@@ -319,7 +236,7 @@ def main() -> None:
         print(f"ours {speed['ours']['seconds']:.1f} s, peer {speed['peer']['seconds']:.1f} s; "
               f"ours {eval_gflops:.0f} GFLOP/s")
 
-    probes["end"] = matmul_peak_gflops(device=args.device or "cpu")
+    probes["end"] = matmul_peak_gflops(args.probe_seconds, args.device or "cpu")
     peak = max(probes.values())
     print("\nefficiency: bf16 matmul probes " + ", ".join(f"{k} {v:.0f}" for k, v in probes.items())
           + f" GFLOP/s; against the highest ({peak:.0f}): training (ours) "

@@ -4,9 +4,12 @@ The peer encodes each set's sentences as MTEB drives it (sentences1, then senten
 appended to the text and last-token pooling, in bf16; embedtune encodes each unique sentence once, in
 padding-aware length buckets. Prints both times, sentences/s, the scores, and the ratio.
 
-    .venv/bin/python benchmarks/eval_speed.py --data-dir ../shared/data [--quick] [--model gemma3-270m]
+    .venv/bin/python -m benchmarks.eval_speed --data-dir ../shared/data [--quick] [--model gemma3-270m]
 """
 from __future__ import annotations
+
+if not __package__:  # started as a file (python benchmarks/X.py): re-run as python -m benchmarks.X
+    import _bootstrap  # noqa: F401
 
 import argparse
 import gc
@@ -14,12 +17,11 @@ import time
 
 import torch
 
-from embedtune.data.sts import load_sts, resolve_data_dir, resolve_tasks
+from benchmarks import harness
+from benchmarks.harness import QUICK_TASKS
 from embedtune.evaluation.sts import STSEvaluator, average_and_std, paired_cosine, spearman_x100
 from embedtune.models.embedder import Embedder
 from embedtune.models.loading import resolve_model
-
-QUICK_TASKS = ["sts17", "biosses", "stsbenchmark"]
 
 
 def peer_model(folder: str, device: str = "cpu"):
@@ -46,21 +48,21 @@ def encode_peer(model, datasets, batch_size: int) -> tuple[dict, float]:
     return scores, time.perf_counter() - start
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--model", default="gemma3-270m")
+    harness.add_common_options(parser, data_dir=None)
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_TASKS)}")
     parser.add_argument("--peer-batch-size", type=int, default=32)
-    args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    return parser
 
-    tasks = resolve_tasks(QUICK_TASKS if args.quick else None)
-    datasets = [load_sts(t, resolve_data_dir(args.data_dir)) for t in tasks]
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    datasets = harness.sts_sets(args.data_dir, QUICK_TASKS if args.quick else None)
     n_sentences = sum(2 * len(d) for d in datasets)
 
     evaluator = STSEvaluator(datasets, show_progress=False)
-    ours = evaluator(Embedder(args.model))
+    ours = harness.timed_evaluation(evaluator, Embedder(args.model))
     gc.collect()
     peer_scores, peer_seconds = run_peer(resolve_model(args.model).location, datasets, args.peer_batch_size)
 

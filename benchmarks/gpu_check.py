@@ -6,8 +6,9 @@ built on the device; vocabulary = the carried tokenizer's), saved with the token
 loaded by path by both sides, each stage in its own subprocess:
 
 - build: the model, then embedtune's correctness checks on the device: `Embedder.packable`, and packed
-  (`embed_packed`) vs padded (`embed_ids`, i.e. `embed_batch` over length-sorted chunks) embeddings of the STS
-  sentences, cosine per text in bf16 and fp32 (pass: packable and bf16 min > 0.99); the bf16 matmul peak;
+  (`embed_tokens(ids, packing=True)`) vs padded (`packing=False`: `embed_batch` over padding-aware chunks)
+  embeddings of the STS sentences, cosine per text in bf16 and fp32 (pass: packable and bf16 min > 0.99);
+  the bf16 matmul peak;
 - training, N steps at batch 60 on the same triplets (the first 2 not timed): ours through embedtune's trainer,
   the peer through sentence-transformers' Trainer + MultipleNegativesRankingLoss(scale 20) + peft LoRA on
   q, k, v, o (compare_peer's workers). Per side: s/step, real tokens/s (embedtune's tokens incl. the EOS, the
@@ -22,18 +23,22 @@ after each stage, so that a run cut short keeps what it measured. Nothing needs 
 installs the wheels in DIR whose distributions are missing (e.g. datasets) into a temporary site folder.
 
     # here, once: fill the git-ignored .gpu/ (tokenizer, triplets, STS test sets, wheels)
-    .venv/bin/python benchmarks/gpu_check.py --prepare .gpu --data-dir ../shared/data
-    # on the GPU machine (carry .gpu): about 3-4 minutes on an H200 for gemma2b
-    python3 benchmarks/gpu_check.py --wheels .gpu/whl --data-dir .gpu/data --tokenizer .gpu/tokenizer
-    # the same code path on CPU, small
-    .venv/bin/python benchmarks/gpu_check.py --arch tiny --device cpu --steps 3 --data-dir .gpu/data \\
-        --tokenizer .gpu/tokenizer --tasks sts17
+    .venv/bin/python -m benchmarks.gpu_check --prepare .gpu --data-dir ../shared/data
+    # on the GPU machine (carry .gpu; embedtune is not installed there, so src/ goes on the path): about
+    # 3-4 minutes on an H200 for gemma2b
+    PYTHONPATH=src python3 -m benchmarks.gpu_check --wheels .gpu/whl --data-dir .gpu/data --tokenizer .gpu/tokenizer
+    # the same code path on CPU, tiny (a random 2-layer Gemma, a word-level tokenizer built from the data, three
+    # steps at batch 8, STS17 only): well under a minute, nothing carried
+    .venv/bin/python -m benchmarks.gpu_check --tiny --data-dir ../shared/data
 """
 from __future__ import annotations
 
+if not __package__:  # started as a file (python benchmarks/X.py): re-run as python -m benchmarks.X
+    import _bootstrap  # noqa: F401
+
 import argparse
+import dataclasses
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -42,19 +47,15 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SRC = ROOT / "src"
-sys.path[:0] = [str(HERE), str(SRC)]  # compare_peer and eval_speed; embedtune where it is not installed
+from benchmarks import harness
 
-import compare_peer
-
-THIS = Path(__file__).resolve()
-TRAINERS = Path(compare_peer.__file__).resolve()  # the workers "ours" and "peer"
+ROOT = harness.ROOT
+HERE, TRAINERS = "gpu_check", "compare_peer"  # the benchmarks whose workers run the stages (compare_peer: training)
 ARCHS: dict[str, tuple[str, dict[str, Any]]] = {  # transformers config family, shape
     "gemma2b": ("gemma", {"hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18,
                           "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256,
@@ -64,6 +65,13 @@ ARCHS: dict[str, tuple[str, dict[str, Any]]] = {  # transformers config family, 
     "tiny": ("gemma", {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                        "num_key_value_heads": 1, "head_dim": 16, "hidden_act": "gelu_pytorch_tanh"}),
 }
+TINY_TOKENIZER = "tiny"  # --tokenizer tiny: a word-level tokenizer built from the run's own texts (no files)
+TINY_VOCAB = 4096
+# --tiny: the whole path on a CPU in well under a minute (options given explicitly still win)
+TINY_DEFAULTS = {"arch": ["tiny"], "device": "cpu", "tokenizer": TINY_TOKENIZER, "steps": 3, "batch": 8,
+                 "warmup": 1, "peak_seconds": 0.2, "tasks": ["sts17"]}
+DEFAULTS = {"arch": ["gemma2b"], "device": "cuda", "tokenizer": ".gpu/tokenizer", "steps": 12, "batch": 60,
+            "warmup": 2, "peak_seconds": 2.0, "tasks": None}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Missing on the GPU machine: datasets (sentence-transformers' Trainer needs it) and what it imports. One version
 # each, pinned for Python 3.12 with huggingface_hub 1.x (transformers 5.17 requires hub < 2).
@@ -91,7 +99,7 @@ def prepare(target: Path, data_dir: str, tokenizer_from: str | None, rows: int, 
         shutil.copy2(source / name, target / "tokenizer" / name)
     data = target / "data"
     (data / TRIPLETS_FILE).parent.mkdir(parents=True, exist_ok=True)
-    compare_peer.write_triplets(data / TRIPLETS_FILE, compare_peer.shared_triplets(data_dir, rows))
+    harness.write_triplets(data / TRIPLETS_FILE, harness.shared_triplets(data_dir, rows))
     root = resolve_data_dir(data_dir)
     for task in resolve_tasks(tasks):
         path = task.local_path(data)
@@ -147,11 +155,11 @@ def install_missing_wheels(wheels: Path, site: Path) -> list[str]:
 
 
 def set_up_process(args: argparse.Namespace) -> list[str]:
-    """Wheels, import paths and offline mode for this process and every worker; one visible GPU."""
+    """Wheels and offline mode for every worker; one visible GPU. The wheels' folder reaches the workers
+    through PYTHONPATH (this process imports none of them)."""
     installed = install_missing_wheels(Path(args.wheels), Path(args.site)) if args.wheels else []
-    paths = ([args.site] if installed else []) + [str(SRC)]
-    sys.path[:0] = paths[:-1]
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    if installed:
+        os.environ["PYTHONPATH"] = os.pathsep.join([args.site] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(name, "1")
     if args.device.startswith("cuda") and "CUDA_VISIBLE_DEVICES" not in os.environ:
@@ -161,11 +169,13 @@ def set_up_process(args: argparse.Namespace) -> list[str]:
     return installed
 
 
-def versions() -> dict[str, str | None]:
+def versions(extra_paths: Sequence[str] = ()) -> dict[str, str | None]:
+    """Versions as the workers see them: `extra_paths` (the unpacked wheels) first, then this process's path."""
     found: dict[str, str | None] = {"python": platform.python_version()}
+    search = [*extra_paths, *sys.path]
     for name in ("torch", "transformers", "peft", "sentence-transformers", "accelerate", "datasets",
                  "huggingface-hub", "pyarrow"):
-        found[name] = importlib.metadata.version(name) if is_installed(name) else None
+        found[name] = next((d.version for d in importlib.metadata.distributions(name=name, path=search)), None)
     return found
 
 
@@ -192,9 +202,7 @@ def device_info(device: str) -> dict[str, Any]:
 
 
 def sts_sets(data_dir: str, tasks: list[str] | None) -> list:
-    from embedtune.data.sts import load_sts, resolve_data_dir, resolve_tasks
-
-    return [load_sts(task, resolve_data_dir(data_dir)) for task in resolve_tasks(tasks)]
+    return harness.sts_sets(data_dir, tasks)
 
 
 def unique_sentences(datasets: list) -> list[str]:
@@ -204,11 +212,11 @@ def unique_sentences(datasets: list) -> list[str]:
 
 
 def agreement(embedder, ids: list[list[int]]) -> dict[str, float]:
-    """Cosine per text between packed and padded embeddings."""
+    """Cosine per text between packed and padded embeddings (the training entry point, both ways)."""
     import torch
 
     with torch.no_grad():
-        cosine = (embedder.embed_ids(ids) * embedder.embed_packed(ids)).sum(-1)
+        cosine = (embedder.embed_tokens(ids, packing=False) * embedder.embed_tokens(ids, packing=True)).sum(-1)
     return {"min": float(cosine.min()), "mean": float(cosine.mean())}
 
 
@@ -220,22 +228,55 @@ def packing_check(embedder, texts: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {"packable": embedder.packable, "texts": len(ids)}
     if result["packable"]:
         result["bf16"] = agreement(embedder, ids)
+        # The same weights in fp32, without autocast: the Embedder has no call for a new working dtype, so its
+        # backend is replaced (every forward reads embedder.backend).
         embedder.model.float()
-        embedder.dtype = torch.float32  # no autocast from here on
+        embedder.backend = dataclasses.replace(embedder.backend, dtype=torch.float32)
+        embedder.dtype = torch.float32
         result["fp32"] = agreement(embedder, ids)
     result["passed"] = result["packable"] and result["bf16"]["min"] > COSINE_FLOOR
     return result
 
 
+def tiny_tokenizer(texts: Sequence[str], size: int = TINY_VOCAB):
+    """A lower-cased word-level tokenizer over the commonest words of `texts`, adding BOS (not EOS) like
+    Gemma's: for the tiny CPU run, where no tokenizer files need to be carried."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    split = pre_tokenizers.Whitespace()
+    counts = Counter(word for text in texts for word, _ in split.pre_tokenize_str(text.lower()))
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials + [w for w, _ in counts.most_common(size - len(specials))])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = split
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def load_tokenizer(args: argparse.Namespace):
+    from transformers import AutoTokenizer
+
+    if args.tokenizer != TINY_TOKENIZER:
+        return AutoTokenizer.from_pretrained(args.tokenizer)
+    texts = [t for row in harness.read_triplet_rows(args.triplets) for t in row]
+    for data in sts_sets(args.data_dir, args.tasks):
+        texts += data.sentences1 + data.sentences2
+    return tiny_tokenizer(texts)
+
+
 def worker_build(args: argparse.Namespace) -> dict[str, Any]:
     """Random model on the device, saved by path; the checks that need it loaded by embedtune."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     from embedtune.models.embedder import Embedder
-    from embedtune.training.trainer import non_embedding_parameters
+    from embedtune.training.metrics import non_embedding_parameters
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     with torch.device(args.device):  # initialised where it runs: seconds for 2.5B parameters, not minutes
@@ -248,11 +289,11 @@ def worker_build(args: argparse.Namespace) -> dict[str, Any]:
     del model
     embedder = Embedder(args.model, precision="bf16", device=args.device)
     info["non_embedding_parameters"] = non_embedding_parameters(embedder.model)
-    rows = [line.split("\t") for line in Path(args.triplets).read_text(encoding="utf-8").splitlines()[1:]]
+    rows = harness.read_triplet_rows(args.triplets)
     info["tokens_per_triplet"] = sum(map(len, embedder.tokenize([t for row in rows for t in row]))) / len(rows)
     info["packing"] = packing_check(embedder, unique_sentences(sts_sets(args.data_dir, args.tasks))[:CHECK_TEXTS])
     del embedder
-    info["matmul_peak_gflops"] = compare_peer.matmul_peak_gflops(args.peak_seconds, args.device)
+    info["matmul_peak_gflops"] = harness.matmul_peak_gflops(args.peak_seconds, args.device)
     return info
 
 
@@ -263,21 +304,21 @@ def worker_eval_ours(args: argparse.Namespace) -> dict[str, Any]:
     evaluator = STSEvaluator(sts_sets(args.data_dir, args.tasks), show_progress=False)
     embedder = Embedder(args.model, precision="bf16", device=args.device)
     embedder.encode(evaluator.unique_sentences[:WARMUP_TEXTS])
-    result = evaluator(embedder)
+    result = harness.timed_evaluation(evaluator, embedder)
     tokens = sum(map(len, embedder.tokenize(evaluator.unique_sentences)))
     return {"seconds": result["seconds"], "average": result["average"], "sentences": result["sentences"],
-            "unique_sentences": result["unique_sentences"], "tokens": tokens, **compare_peer.peak_gpu_memory()}
+            "unique_sentences": result["unique_sentences"], "tokens": tokens, **harness.peak_gpu_memory()}
 
 
 def worker_eval_peer(args: argparse.Namespace) -> dict[str, Any]:
-    from eval_speed import encode_peer, peer_model
+    from benchmarks.eval_speed import encode_peer, peer_model
 
     datasets = sts_sets(args.data_dir, args.tasks)
     model = peer_model(args.model, args.device)
     model.encode([s + model.tokenizer.eos_token for s in unique_sentences(datasets)[:WARMUP_TEXTS]],
                  batch_size=PEER_EVAL_BATCH)
     scores, seconds = encode_peer(model, datasets, PEER_EVAL_BATCH)
-    return {"seconds": seconds, "average": sum(scores.values()) / len(scores), **compare_peer.peak_gpu_memory()}
+    return {"seconds": seconds, "average": sum(scores.values()) / len(scores), **harness.peak_gpu_memory()}
 
 
 WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -286,11 +327,12 @@ WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 # ---- the run -----------------------------------------------------------------------------------------------
 
-def stage(kind: str, script: Path, **options) -> dict[str, Any]:
-    """One worker in its own process; a failure is recorded (its traceback is in the log) and the run goes on."""
+def stage(kind: str, module: str, **options) -> dict[str, Any]:
+    """One worker of benchmark `module` in its own process; a failure is recorded (its traceback is in the log)
+    and the run goes on."""
     start = time.perf_counter()
     try:
-        result = compare_peer.spawn(kind, None, script, **options)
+        result = harness.spawn(module, kind, **options)
     except subprocess.CalledProcessError as err:
         result = {"error": f"{kind} worker exited with status {err.returncode} (traceback above)"}
     result["wall_s"] = round(time.perf_counter() - start, 1)
@@ -305,16 +347,16 @@ def check_arch(arch: str, args: argparse.Namespace, work: Path, triplets: Path,
     data = {"data_dir": args.data_dir, "tasks": args.tasks}
     train = {"batch": args.batch, "steps": args.steps, "triplets": triplets, "warmup": args.warmup}
     stages = [
-        ("build", THIS, {"arch": arch, "tokenizer": args.tokenizer, "triplets": triplets, "seed": args.seed,
+        ("build", HERE, {"arch": arch, "tokenizer": args.tokenizer, "triplets": triplets, "seed": args.seed,
                          "peak_seconds": args.peak_seconds, **data}),
         ("ours", TRAINERS, {**train, "out_dir": work / f"{arch}-ours"}),
         ("peer", TRAINERS, {**train, "out_dir": work / f"{arch}-peer"}),
-        ("eval_ours", THIS, data),
-        ("eval_peer", THIS, data),
+        ("eval_ours", HERE, data),
+        ("eval_peer", HERE, data),
     ]
     result: dict[str, Any] = {}
-    for kind, script, options in stages:
-        result[kind] = stage(kind, script, **common, **options)
+    for kind, module, options in stages:
+        result[kind] = stage(kind, module, **common, **options)
         save()
         if "error" in result["build"]:
             break
@@ -396,8 +438,9 @@ def json_path(args: argparse.Namespace) -> Path | None:
 def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     installed = set_up_process(args)
-    report: dict[str, Any] = {"versions": versions(), "installed_wheels": installed, "options": {
-        k: v for k, v in vars(args).items() if k not in ("worker", "result", "prepare")}, "archs": {}}
+    report: dict[str, Any] = {"versions": versions([args.site] if installed else []), "installed_wheels": installed,
+                              "options": {k: v for k, v in vars(args).items()
+                                          if k not in ("worker", "result", "prepare")}, "archs": {}}
     print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
     if installed:
         print(f"installed from {args.wheels}: {', '.join(installed)}")
@@ -406,13 +449,12 @@ def run(args: argparse.Namespace) -> None:
     def save() -> None:
         report["wall_s"] = round(time.perf_counter() - started, 1)
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+            harness.write_json(out, report)
 
     work = Path(tempfile.mkdtemp(prefix="gpu_check-", dir=args.work_dir))
     try:
         triplets = work / "triplets.tsv"
-        compare_peer.write_triplets(triplets, compare_peer.shared_triplets(args.data_dir, args.batch * args.steps))
+        harness.write_triplets(triplets, harness.shared_triplets(args.data_dir, args.batch * args.steps))
         for arch in args.arch:
             report["archs"][arch] = check_arch(arch, args, work, triplets, save)
         for arch, result in report["archs"].items():
@@ -423,40 +465,52 @@ def run(args: argparse.Namespace) -> None:
     print(f"\nwall time {report['wall_s']:.0f} s" + (f"; results in {out}" if out else ""))
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", nargs="+", choices=ARCHS, default=["gemma2b"])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--warmup", type=int, default=2, help="first steps not timed")
-    parser.add_argument("--batch", type=int, default=60)
+    parser.add_argument("--arch", nargs="+", choices=ARCHS, help="model shapes (default: gemma2b)")
+    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the whole path small, on CPU: " + " ".join(
+                            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+                            for k, v in TINY_DEFAULTS.items()) + " (options given win)")
+    parser.add_argument("--steps", type=int, help="training steps per side (default: 12)")
+    parser.add_argument("--warmup", type=int, help="first steps not timed (default: 2)")
+    parser.add_argument("--batch", type=int, help="triplets per step (default: 60)")
     parser.add_argument("--data-dir", help="sts/<task>/test.tsv and nli/triplets/ (default: .gpu/data; with "
                         "--prepare, the source: ../shared/data)")
     parser.add_argument("--tasks", nargs="+", help="STS sets to evaluate (default: all nine)")
-    parser.add_argument("--tokenizer", default=".gpu/tokenizer")
+    parser.add_argument("--tokenizer", help=f"tokenizer folder (default: .gpu/tokenizer), or '{TINY_TOKENIZER}': "
+                        "a word-level one built from the run's texts")
     parser.add_argument("--wheels", help="install the wheels here whose distributions are missing")
     parser.add_argument("--site", default=os.path.join(tempfile.gettempdir(), "gpu_check_site"),
                         help="where --wheels unpacks them")
     parser.add_argument("--work-dir", help="parent of the temporary model folders (default: the system's)")
     parser.add_argument("--json", help="results file (default: $OUT/gpu_check.json when OUT is set)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--peak-seconds", type=float, default=2.0, help="time spent measuring the matmul peak")
+    parser.add_argument("--peak-seconds", type=float, help="time spent measuring the matmul peak (default: 2)")
     parser.add_argument("--prepare", metavar="DIR", help="fill DIR for the GPU machine (here, not there)")
     parser.add_argument("--rows", type=int, default=1200, help="--prepare: triplets to carry")
     # worker-only options
-    parser.add_argument("--worker", choices=WORKERS)
-    parser.add_argument("--result")
-    parser.add_argument("--model")
-    parser.add_argument("--triplets")
-    return parser.parse_args()
+    harness.add_worker_options(parser, WORKERS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--triplets", help=argparse.SUPPRESS)
+    return parser
 
 
-def main() -> None:
-    args = parse_args()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    for key, value in (TINY_DEFAULTS if args.tiny else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.data_dir = args.data_dir or ("../shared/data" if args.prepare else ".gpu/data")
-    if args.worker:
-        Path(args.result).write_text(json.dumps(WORKERS[args.worker](args), default=str))
-    elif args.prepare:
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if harness.run_worker(args, WORKERS):
+        return
+    if args.prepare:
         prepare(Path(args.prepare), args.data_dir, None, args.rows, args.tasks)
     else:
         run(args)

@@ -1,6 +1,6 @@
 """The ceiling of the efficiency figures: how fast this model's own matrix products run here, alone.
 
-compare_peer.py rates efficiency as achieved GFLOP/s (2 x non-embedding parameters per real token for
+compare_peer rates efficiency as achieved GFLOP/s (2 x non-embedding parameters per real token for
 evaluation, 4 x for LoRA training) over the best square bf16 matmul it times. This script asks how high that
 ratio could go if everything but the frozen weights' products took no time at all. Per round it times:
 
@@ -14,43 +14,36 @@ ratio could go if everything but the frozen weights' products took no time at al
 and prints each as GFLOP/s in the efficiency metric's units (metric FLOPs / seconds) and as a share of the
 probe's best. Rounds interleave the parts so that the machine's drift hits all of them.
 
-    .venv/bin/python benchmarks/matmul_ceiling.py --data-dir ../shared/data [--rounds 3]
+    .venv/bin/python -m benchmarks.matmul_ceiling --data-dir ../shared/data [--rounds 3]
 """
 from __future__ import annotations
 
+if not __package__:  # started as a file (python benchmarks/X.py): re-run as python -m benchmarks.X
+    import _bootstrap  # noqa: F401
+
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks import harness
+from benchmarks.harness import matmul_probe_rates, shared_triplets
 from embedtune.config import Config
+from embedtune.data.sampling import batch_rows, tokenize_triplets
 from embedtune.data.sts import STS_TASKS, load_sts, resolve_data_dir
 from embedtune.losses.infonce import InfoNCELoss
-from embedtune.models.attention import training_attention
-from embedtune.models.embedder import (
-    PACKED_ROW_MULTIPLE,
-    Embedder,
-    length_sorted_batches,
-    packed_rows,
-)
+from embedtune.models.backend import PACKED_ROW_MULTIPLE
+from embedtune.models.batching import length_sorted_batches, packed_rows
+from embedtune.models.embedder import Embedder
+from embedtune.models.lora import prepare_for_training
 from embedtune.runtime import apply_kernel_cache_limits
-from embedtune.training.trainer import (
-    batch_rows,
-    non_embedding_parameters,
-    prepare_for_training,
-    tokenize_triplets,
-)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_peer import matmul_probe_rates, shared_triplets
+from embedtune.training.metrics import non_embedding_parameters
 
 
 def probe(seconds: float = 3.0) -> tuple[float, float]:
-    """Best and median GFLOP/s of compare_peer's square-product probe."""
+    """Best and median GFLOP/s of the benchmarks' square-product probe (harness.matmul_probe_rates)."""
     rates = matmul_probe_rates(seconds)
     return max(rates), statistics.median(rates)
 
@@ -89,22 +82,26 @@ def eval_row_counts(embedder: Embedder, ids: list[list[int]], batch_size: int, m
     return [len(b) * max(lengths[i] for i in b) for b in length_sorted_batches(lengths, batch_size, max_tokens)]
 
 
-def train_row_counts(unique: list[list[int]], chunk_tokens: int) -> list[int]:
-    """Rows of each packed forward call of a training step (real tokens rounded up as models/packing.pack does)."""
+def train_row_counts(unique: list[list[int]], chunk_tokens: int, row_multiple: int = PACKED_ROW_MULTIPLE) -> list[int]:
+    """Rows of each packed forward call of a training step (real tokens rounded up as models/packing.pack does,
+    to the backend's row multiple)."""
     counts = []
     for groups in packed_rows([len(x) for x in unique], chunk_tokens):
         tokens = sum(len(unique[i]) for group in groups for i in group)
-        counts.append(tokens + -tokens % PACKED_ROW_MULTIPLE)
+        counts.append(tokens + -tokens % row_multiple)
     return counts
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--model", default="gemma3-270m")
+    harness.add_common_options(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     apply_kernel_cache_limits()  # as the embedtune command runs
     torch.manual_seed(0)
 
@@ -114,20 +111,21 @@ def main() -> None:
     eval_ids = evaluator_embedder.tokenize(sentences)
     eval_tokens = sum(map(len, eval_ids))
     n_params = non_embedding_parameters(evaluator_embedder.model)
-    eval_replay = Replay(frozen_weights(evaluator_embedder.model), eval_row_counts(evaluator_embedder, eval_ids, 64, 4096),
-                         backward=False)
+    eval_replay = Replay(frozen_weights(evaluator_embedder.model),
+                         eval_row_counts(evaluator_embedder, eval_ids, 64, 4096), backward=False)
 
     config = Config.from_dict({"model": {"name": args.model}, "train": {"batch_size": args.batch,
                                                                           "precision": "bf16"}}).validate()
     trainer_embedder = Embedder(args.model, precision="bf16")
-    prepare_for_training(trainer_embedder, config)
-    triplets = tokenize_triplets(trainer_embedder, shared_triplets(args.data_dir, limit=args.batch * 8))
+    prepare_for_training(trainer_embedder, config.lora)
+    triplets = tokenize_triplets(trainer_embedder.tokenize, shared_triplets(args.data_dir, limit=args.batch * 8))
     loss_fn = InfoNCELoss(trainer_embedder, chunk_tokens=config.train.chunk_tokens)
     params = [p for p in trainer_embedder.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5)
-    batches = [triplets.batch(batch_rows(s, len(triplets), args.batch, 0), True) for s in range(8)]
+    batches = [triplets.batch(batch_rows(s, len(triplets), args.batch, 0)) for s in range(8)]
     unique = [list(t) for t in dict.fromkeys(tuple(x) for x in batches[0].texts())]
-    train_replay = Replay(frozen_weights(trainer_embedder.model), train_row_counts(unique, config.train.chunk_tokens),
+    train_replay = Replay(frozen_weights(trainer_embedder.model),
+                          train_row_counts(unique, config.train.chunk_tokens, trainer_embedder.backend.row_multiple),
                           backward=True)
     print(f"{args.model}: {n_params / 1e6:.1f}M non-embedding parameters; eval: {len(sentences)} sentences, "
           f"{eval_tokens} tokens in {len(eval_replay.row_counts)} batches; train: batch {args.batch}, "
@@ -135,10 +133,11 @@ def main() -> None:
 
     def train_step(batch) -> float:
         start = time.perf_counter()
-        with training_attention(trainer_embedder.model):
+        with trainer_embedder.backend.training_attention(trainer_embedder.model):
             loss_fn(batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        trainer_embedder.backend.synchronize()
         return time.perf_counter() - start
 
     train_step(batches[1])  # warm-up: kernels compiled, optimiser state allocated

@@ -4,25 +4,28 @@ Trains Gemma-3-270M with embedtune's defaults for a few steps in one subprocess 
 for each step, the step time, the process's peak RSS so far and the largest number of bytes malloc had handed
 out at once (glibc only: mallinfo2). The gap between the two is heap memory that freed tensors left resident.
 
-    .venv/bin/python benchmarks/memory_anatomy.py --data-dir ../shared/data [--batch 32] [--steps 12]
+    .venv/bin/python -m benchmarks.memory_anatomy --data-dir ../shared/data [--batch 32] [--steps 12]
 
 Settings, run one after the other: `mimalloc` (what the `embedtune` command does) and `glibc` (EMBEDTUNE_ALLOCATOR=
 system), both with embedtune's kernel-cache limits; `glibc-default-caches` adds the libraries' default cache sizes.
+The per-step figures come from a training callback (`embedtune.training.callbacks.Callback.on_step_end`, called
+after each optimiser step with the step's metrics event).
 """
 from __future__ import annotations
 
+if not __package__:  # started as a file (python benchmarks/X.py): re-run as python -m benchmarks.X
+    import _bootstrap  # noqa: F401
+
 import argparse
 import ctypes
-import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from benchmarks import harness
 
 
 class MallInfo2(ctypes.Structure):
@@ -36,77 +39,84 @@ def live_malloc_gb(libc) -> float:
     return (info.uordblks + info.hblkhd) / 2 ** 30
 
 
-def worker(args) -> None:
-    """Train in this process; a sampler thread records the largest live malloc figure per step."""
-    sys.path.insert(0, str(HERE))
-    from compare_peer import shared_triplets, write_triplets
+class LiveMalloc:
+    """The largest number of bytes glibc's malloc had handed out at once since the last `take()`, sampled every
+    5 ms by a thread; None under another allocator (mallinfo2 describes glibc's heap only)."""
 
-    from embedtune.config import Config
-    from embedtune.training import trainer
+    def __init__(self):
+        self.glibc = "mimalloc" not in os.environ.get("LD_PRELOAD", "")
+        self.peak = 0.0
+        if self.glibc:
+            self.libc = ctypes.CDLL("libc.so.6")
+            self.libc.mallinfo2.restype = MallInfo2
+            threading.Thread(target=self.sample, daemon=True).start()
 
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    glibc = "mimalloc" not in os.environ.get("LD_PRELOAD", "")
-    live_peak = [0.0]
-
-    def sample() -> None:
+    def sample(self) -> None:
         while True:
-            live_peak[0] = max(live_peak[0], live_malloc_gb(libc))
+            self.peak = max(self.peak, live_malloc_gb(self.libc))
             time.sleep(0.005)
 
-    if glibc:
-        threading.Thread(target=sample, daemon=True).start()
+    def take(self, event: dict) -> dict:
+        """For harness.StepLog: this step's live peak, then start the next step's from zero."""
+        peak, self.peak = self.peak, 0.0
+        return {"live_gb": round(peak, 3) if self.glibc else None}
+
+
+def worker(args) -> list[dict]:
+    """Train in this process; a callback keeps each step's event with the largest live malloc figure."""
+    from embedtune.config import Config
+    from embedtune.training.trainer import train
+
+    live = LiveMalloc()
     work = Path(args.out_dir)
-    write_triplets(work / "triplets.tsv", shared_triplets(args.data_dir, args.batch * args.steps))
+    harness.write_triplets(work / "triplets.tsv", harness.shared_triplets(args.data_dir, args.batch * args.steps))
     config = Config.from_dict({
         "model": {"name": args.model},
         "data": {"train_files": [str(work / "triplets.tsv")], "decontaminate": False},
         "train": {"output_dir": str(work / "run"), "batch_size": args.batch, "max_steps": args.steps,
                   "precision": "bf16", "eval_steps": 0, "save_steps": args.steps, "seed": 0},
     }).validate()
-    peaks: list[float] = []
-    original = trainer.MetricsLog.write
-
-    def write(self, event: dict) -> None:  # called once per step, after the optimiser step
-        peaks.append(round(live_peak[0], 3) if glibc else None)
-        live_peak[0] = 0.0
-        original(self, event)
-
-    trainer.MetricsLog.write = write
-    trainer.train(config)
-    steps = [json.loads(line) for line in (work / "run" / trainer.METRICS).read_text().splitlines()]
-    Path(args.result).write_text(json.dumps([{**e, "live_gb": p} for e, p in zip(steps, peaks)]))
+    log = harness.StepLog(extra=live.take)
+    train(config, callbacks=[log])
+    return log.steps
 
 
-def main() -> None:
+WORKERS = {"train": worker}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--model", default="gemma3-270m")
+    harness.add_common_options(parser)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--worker", action="store_true")
-    parser.add_argument("--out-dir")
-    parser.add_argument("--result")
-    args = parser.parse_args()
-    if args.worker:
-        worker(args)
-        return
-    from embedtune.runtime import KERNEL_CACHE_DEFAULTS, runtime_environment
+    harness.add_worker_options(parser, WORKERS)
+    parser.add_argument("--out-dir", help=argparse.SUPPRESS)
+    return parser
 
+
+def settings() -> dict[str, dict[str, str]]:
+    """The three process environments, from this one without any preloaded allocator."""
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    settings = {
-        "mimalloc": {**base, **runtime_environment(base)},
-        "glibc": {**base, **runtime_environment({**base, "EMBEDTUNE_ALLOCATOR": "system"})},
-        "glibc-default-caches": {**base, **KERNEL_CACHE_DEFAULTS},
+    return {
+        "mimalloc": harness.embedtune_runtime(base),
+        "glibc": harness.embedtune_runtime(base, allocator="system"),
+        "glibc-default-caches": harness.library_defaults(base),
     }
-    for name, env in settings.items():
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if harness.run_worker(args, WORKERS):
+        return
+    for name, env in settings().items():
         with tempfile.TemporaryDirectory() as out:
             result = Path(out) / "result.json"
-            subprocess.run([sys.executable, __file__, "--worker", "--out-dir", out, "--result", str(result),
-                            "--data-dir", args.data_dir, "--model", args.model, "--batch", str(args.batch),
-                            "--steps", str(args.steps)], env=env, check=True, stdout=subprocess.DEVNULL,
+            command = harness.module_command(__name__, "--worker", "train", "--out-dir", out, "--result", str(result),
+                                             "--data-dir", args.data_dir, "--model", args.model,
+                                             "--batch", str(args.batch), "--steps", str(args.steps))
+            subprocess.run(command, env=harness.child_env(env), check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-            steps = json.loads(result.read_text())
+            steps = harness.read_json(result)
         print(f"\n{name} (batch {args.batch})")
         print(f"{'step':>5}{'s/step':>9}{'peak RSS GB':>13}{'live malloc GB':>16}")
         for e in steps:

@@ -1,8 +1,8 @@
 """Load benchmark for `embedtune serve`: requests/s and p50/p99 latency at 1, 8 and 32 concurrent clients,
 with dynamic batching on and off (one request per model call).
 
-    .venv/bin/python benchmarks/serve_load.py --quick            # ~2 minutes on a 2-core CPU
-    .venv/bin/python benchmarks/serve_load.py --seconds 30 --json runs/serve_load.json
+    .venv/bin/python -m benchmarks.serve_load --quick            # ~2 minutes on a 2-core CPU
+    .venv/bin/python -m benchmarks.serve_load --seconds 30 --json runs/serve_load.json
 
 The server runs in its own process (this script started with --serve-only), so that the client threads do not
 compete with it for the GIL; on a small machine they still share the CPU cores, which the table notes. Each
@@ -10,6 +10,9 @@ client keeps one HTTP/1.1 connection and sends requests back to back (closed loo
 `--texts` sentences of 8-30 words (STS-like lengths), drawn from a fixed seed.
 """
 from __future__ import annotations
+
+if not __package__:  # started as a file (python benchmarks/X.py): re-run as python -m benchmarks.X
+    import _bootstrap  # noqa: F401
 
 import argparse
 import http.client
@@ -19,9 +22,10 @@ import platform
 import random
 import statistics
 import subprocess
-import sys
 import threading
 import time
+
+from benchmarks import harness
 
 WORDS = ("a man woman child dog cat is are was playing eating riding guitar piano food horse bike on in at the park "
          "street house quickly slowly big small old new red blue green people two three running sitting reading "
@@ -46,12 +50,12 @@ def serve_only(args: argparse.Namespace) -> None:
 
 
 def start_server(args: argparse.Namespace, batching: bool) -> tuple[subprocess.Popen, str, int]:
-    command = [sys.executable, os.path.abspath(__file__), "--serve-only", "--model", args.model,
-               "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms),
-               "--batching" if batching else "--no-batching"]
+    command = harness.module_command(__name__, "--serve-only", "--model", args.model,
+                                     "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms",
+                                     str(args.batch_wait_ms), "--batching" if batching else "--no-batching")
     if args.adapter:
         command += ["--adapter", args.adapter]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=harness.child_env())
     line = process.stdout.readline()
     if "http://" not in line:
         process.kill()
@@ -124,9 +128,9 @@ def run_level(host: str, port: int, clients: int, seconds: float, texts_per_requ
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--model", default=harness.DEFAULT_MODEL)
     parser.add_argument("--adapter")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated concurrency levels")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per level")
@@ -139,7 +143,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.serve_only:
         return serve_only(args)
     if args.quick:
@@ -179,14 +187,12 @@ def main() -> None:
                   f"{row['requests_per_model_call']} |")
     if "on" in results and "off" in results:
         print()
-        for on, off in zip(results["on"], results["off"]):
+        for on, off in zip(results["on"], results["off"], strict=True):
             gain = on["req_per_s"] / off["req_per_s"] if off["req_per_s"] else float("nan")
             print(f"{on['clients']} clients: dynamic batching gives {gain:.2f}x the throughput of one request "
                   "at a time")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+        harness.write_json(args.json, {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

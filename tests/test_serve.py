@@ -79,7 +79,7 @@ def test_embeddings_match_the_python_api(tiny_server, tiny_embedder, tiny_texts)
 def test_base64_encoding(tiny_server):
     as_float = embed(tiny_server, {"model": "m", "input": ["a dog", "a cat"], "encoding_format": "float"})
     as_b64 = embed(tiny_server, {"model": "m", "input": ["a dog", "a cat"], "encoding_format": "base64"})
-    for f, b in zip(as_float["data"], as_b64["data"]):
+    for f, b in zip(as_float["data"], as_b64["data"], strict=True):
         decoded = np.frombuffer(base64.b64decode(b["embedding"]), dtype="<f4")
         np.testing.assert_allclose(decoded, f["embedding"], atol=2e-3)
 
@@ -159,7 +159,7 @@ def test_concurrent_requests_are_batched(tiny_embedder, tiny_texts, dynamic):
         results = run_concurrently(server, payloads)
         calls = server.service.batcher.model_calls
     expected = tiny_embedder.encode(tiny_texts)
-    for payload, result in zip(payloads, results):
+    for payload, result in zip(payloads, results, strict=True):
         got = np.array([d["embedding"] for d in result["data"]], dtype=np.float32)
         rows = [tiny_texts.index(t) for t in payload["input"]]
         assert (got * expected[rows]).sum(1).min() >= 0.9999  # every client gets its own rows back

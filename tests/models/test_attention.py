@@ -33,7 +33,7 @@ def test_training_attention_matches_sdpa_outputs_and_gradients(tiny_arch_dir, pa
     assert embedder.model.config._attn_implementation == "sdpa"  # restored: exports never name our function
     assert torch.allclose(ours, vectors, atol=1e-5)
     assert len(our_grads) == len(grads)
-    for mine, theirs in zip(our_grads, grads):
+    for mine, theirs in zip(our_grads, grads, strict=True):
         assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-4)
 
 

@@ -23,7 +23,7 @@ def test_bf16_loads_of_a_converted_folder_use_a_bf16_copy_with_the_same_values(t
     copy = folder.with_name(folder.name + "-bf16")
     assert (copy / "config.json").is_file()
     fp32 = load_base_model(source, dtype=torch.float32)
-    for (name, a), (_, b) in zip(model.state_dict().items(), fp32.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), fp32.state_dict().items(), strict=True):
         assert a.dtype == torch.bfloat16 and torch.equal(a, b.to(torch.bfloat16)), name
     # the second bf16 load reads the copy, without writing it again
     before = (copy / "model.safetensors").stat().st_mtime_ns

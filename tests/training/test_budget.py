@@ -7,8 +7,8 @@ import time
 import pytest
 
 from embedtune.cli import main
-from embedtune.errors import ConfigError
 from embedtune.config import parse_duration
+from embedtune.errors import ConfigError
 from embedtune.training.budget import PROBE_STEPS, TimeBudget
 from embedtune.training.callbacks import TrainState
 
