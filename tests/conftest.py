@@ -217,7 +217,7 @@ def build_tokenizer_like(style: str):
                                    unk_token="<unk>", padding_side="left")
 
 
-MORE_TINY_ARCHITECTURES = ("gemma", "gemma2", "qwen2", "minicpm")
+MORE_TINY_ARCHITECTURES = ("gemma", "gemma2", "qwen2", "mistral", "minicpm")
 
 
 def build_tiny_minicpm(vocab_size: int, seed: int = 0, num_key_value_heads: int = 2):
@@ -237,7 +237,7 @@ def build_tiny_minicpm(vocab_size: int, seed: int = 0, num_key_value_heads: int 
 
 def build_tiny_architecture(kind: str, vocab_size: int, seed: int = 0, **overrides):
     """build_tiny_decoder's architectures plus Gemma-1, Gemma-2 (softcapping on, sliding window 3 tokens),
-    Qwen2 and MiniCPM; `overrides` change Gemma-2's config."""
+    Qwen2, Mistral and MiniCPM; `overrides` change Gemma-2's config."""
     import torch
     from transformers import Gemma2Config, Gemma2Model, GemmaConfig, GemmaModel, Qwen2Config, Qwen2Model
 
@@ -256,6 +256,10 @@ def build_tiny_architecture(kind: str, vocab_size: int, seed: int = 0, **overrid
         settings = dict(head_dim=16, sliding_window=3, attn_logit_softcapping=1.0, query_pre_attn_scalar=16,
                         initializer_range=0.2) | overrides
         return Gemma2Model(Gemma2Config(**settings, **shape)).eval()
+    if kind == "mistral":
+        from transformers import MistralConfig, MistralModel
+
+        return MistralModel(MistralConfig(sliding_window=None, **shape)).eval()
     return Qwen2Model(Qwen2Config(**shape)).eval()
 
 

@@ -8,7 +8,7 @@ Matrix (tiny random models, loaded from HF folders with trust_remote_code off):
 | Gemma-2 (Gemma2Model) | eager (transformers refuses SDPA: softcapping) | yes, eager swapped | 11 | q, k, v, o_proj |
 | Gemma-3 (Gemma3TextModel) | sdpa | yes | 15 | q, k, v, o_proj |
 | Phi (PhiModel) | sdpa | yes | 0 | q, k, v_proj, dense |
-| Llama, Qwen2 | sdpa | yes | 0 | q, k, v, o_proj |
+| Llama, Qwen2, Mistral | sdpa | yes | 0 | q, k, v, o_proj |
 | MiniCPM (models/minicpm.py) | sdpa | yes | 0 | q, k, v, o_proj |
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ MATRIX = {
     "llama": ("LlamaModel", "sdpa", 0, QKVO),
     "minicpm": ("MiniCPMModel", "sdpa", 0, QKVO),
     "qwen2": ("Qwen2Model", "sdpa", 0, QKVO),
+    "mistral": ("MistralModel", "sdpa", 0, QKVO),
 }
 
 
