@@ -54,9 +54,14 @@ def test_budget_never_grows_a_run_and_without_one_only_estimates(capsys):
 
 def test_dev_evaluation_is_spaced_to_its_share_of_the_time():
     # 100 steps of 1 s with an eval every 5 steps would spend 20 x 10 s on dev evaluation; 15 s fit (15%).
-    state, plan = plan_for(budget_s=None, step_s=1.0, total=100, eval_steps=5, dev_eval_s=10.0)
-    assert state.eval_steps == plan.eval_steps == 100
+    state, plan = plan_for(budget_s=10_000, step_s=1.0, total=100, eval_steps=5, dev_eval_s=10.0)
+    assert state.eval_steps == plan.eval_steps == 100 and state.total_steps == 100
     assert any("dev evaluation every 100 steps" in note for note in plan.notes)
+
+
+def test_without_a_budget_the_dev_evaluation_interval_is_the_users():
+    state, plan = plan_for(budget_s=None, step_s=1.0, total=100, eval_steps=5, dev_eval_s=10.0)
+    assert state.eval_steps == plan.eval_steps == 5 and plan.notes == []
 
 
 def test_run_with_a_budget_reports_its_plan(tiny_model_dir, tiny_data_dir, tmp_path, capsys):

@@ -69,7 +69,7 @@ class TimeBudget(Callback):
             if fit < steps:
                 notes.append(f"steps {steps} -> {max(fit, state.step)} to fit the budget")
                 steps = max(fit, state.step)
-        if eval_steps and self.dev_eval_s > 0:
+        if self.budget_s is not None and eval_steps and self.dev_eval_s > 0:  # without a budget: estimate only
             evals_that_fit = max(1, int(DEV_EVAL_SHARE * steps * step_s / self.dev_eval_s))
             wanted = -(-steps // eval_steps)
             if wanted > evals_that_fit:
@@ -88,4 +88,5 @@ class TimeBudget(Callback):
         head += f"; estimated run time {format_duration(p.estimated_s)}"
         if p.budget_s is not None:
             head += f" (budget {format_duration(p.budget_s)})"
-        return head + ("; " + "; ".join(p.notes) if p.notes else "")
+        notes = [n for n in p.notes if not n.startswith("dev evaluation every")]  # already in the head
+        return head + ("; " + "; ".join(notes) if notes else "")
