@@ -54,6 +54,7 @@ class STSData:
     sentences1: list[str]
     sentences2: list[str]
     scores: list[float]
+    blank_lines: int = 0  # skipped in a local file (counted, and logged by read_table)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -86,7 +87,7 @@ def read_sts_file(path: Path, name: str) -> STSData:
     s1 = [text_field(path, row, "sentence1") for row in rows]
     s2 = [text_field(path, row, "sentence2") for row in rows]
     scores = [number_field(path, row, "score") for row in rows]
-    return STSData(name, s1, s2, scores)
+    return STSData(name, s1, s2, scores, rows.blank_lines)
 
 
 def load_sts(task: STSTask, data_dir: Path | None, split: str | None = None) -> STSData:
