@@ -11,14 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedtune.config import LOSSES, POOLINGS, PRECISIONS, QUANTIZATIONS, SELECTIONS, Config
+from embedtune.config import BAD_LOSS_POLICIES, LOSSES, POOLINGS, PRECISIONS, QUANTIZATIONS, SELECTIONS, Config
 from embedtune.errors import EmbedtuneError, TrainingStopped
 
 # flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
 MODEL_FLAGS = {"model": ("model", "name"), "adapter": ("model", "adapter"), "pooling": ("model", "pooling"),
                "prompt": ("model", "prompt"), "max_length": ("model", "max_length"),
                "trust_remote_code": ("model", "trust_remote_code"), "device": ("model", "device"),
-               "quantize": ("model", "quantize")}
+               "quantize": ("model", "quantize"), "allow_pickle": ("model", "allow_pickle")}
 DATA_FLAGS = {"data_dir": ("data", "data_dir"), "train_file": ("data", "train_files"),
               "anchor_column": ("data", "anchor_column"), "positive_column": ("data", "positive_column"),
               "negative_column": ("data", "negative_column"), "decontaminate": ("data", "decontaminate"),
@@ -29,7 +29,7 @@ TRAIN_FLAGS = {name: ("train", name) for name in (
     "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
     "temperature", "learnable_temperature", "hard_negatives", "gradient_checkpointing", "precision", "seed",
     "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens", "packing", "loss",
-    "mini_batch_tokens")}
+    "mini_batch_tokens", "on_bad_loss", "max_bad_steps", "spike_factor")}
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
                 "tasks": ("eval", "tasks")}
@@ -55,6 +55,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "device", help="auto (a CUDA GPU when there is one; default) | cpu | cuda | cuda:N")
     _flag(p, "quantize", choices=QUANTIZATIONS, help="int8: dynamic int8 linear layers for CPU inference (fp32)")
     _switch(p, "trust_remote_code", "allow the model's own Python code (MiniCPM-2B loads natively without it)")
+    _switch(p, "allow_pickle", "load pickled weights (pytorch_model.bin, .pt) where a folder has no safetensors: "
+                               "a pickle can run code, so only for files you trust (default off)")
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -78,6 +80,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                        ("save_total_limit", int), ("chunk_tokens", int), ("mini_batch_tokens", int),
                        ("lora_r", int), ("lora_alpha", int), ("lora_dropout", float), ("eval_batch_size", int)):
         _flag(p, name, type=kind)
+    _flag(p, "on_bad_loss", choices=BAD_LOSS_POLICIES,
+          help="a NaN/inf loss or gradient (or a spike): stop (default; the last good checkpoint stays) or skip "
+               "that step's update")
+    _flag(p, "max_bad_steps", type=int, help="--on-bad-loss skip: stop anyway after this many bad steps in a row "
+                                             "(default 5)")
+    _flag(p, "spike_factor", type=float,
+          help="treat a loss above this x the running median of recent losses as bad (default off)")
     _flag(p, "precision", choices=PRECISIONS, help="auto: bf16 where this machine runs it faster (measured)")
     _flag(p, "loss", choices=LOSSES,
           help="cached = GradCache: same loss and gradients, one mini-batch's activations in memory at a time")
@@ -133,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=64, help="texts per model call (dynamic batching)")
     p.add_argument("--max-items", type=int, default=256, help="most texts in one request")
     p.add_argument("--max-tokens", type=int, default=8192, help="most tokens in one request")
+    p.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024, help="largest request body (413 above)")
+    p.add_argument("--max-queue", type=int, default=4096, help="most texts waiting for the model (429 above)")
+    p.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds a client has to send its request body (408 after)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $EMBEDTUNE_API_KEY; the variable "
+                        "keeps the key out of the process list)")
     return parser
 
 
@@ -195,12 +211,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from embedtune.models.embedder import Embedder
-    from embedtune.serve import ServeLimits, serve
+    import os
 
+    from embedtune.models.embedder import Embedder
+    from embedtune.serve import API_KEY_ENV, ServeLimits, serve
+
+    limits = ServeLimits(max_batch_size=args.max_batch_size, max_items=args.max_items, max_tokens=args.max_tokens,
+                         max_request_bytes=args.max_request_bytes, max_queue=args.max_queue,
+                         body_timeout_s=args.body_timeout).validate()  # a wrong limit fails before the model load
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     embedder = Embedder.from_config(config_from_args(args, MODEL_FLAGS).model)
-    limits = ServeLimits(max_batch_size=args.max_batch_size, max_items=args.max_items, max_tokens=args.max_tokens)
-    serve(embedder, host=args.host, port=args.port, limits=limits)
+    serve(embedder, host=args.host, port=args.port, limits=limits, api_key=api_key)
     return 0
 
 

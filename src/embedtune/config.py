@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -24,6 +25,7 @@ LOSSES = ("infonce", "cached")
 QUANTIZATIONS = ("int8",)  # dynamic int8 of the frozen linear layers, CPU inference only
 LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
 SELECTIONS = ("best", "final")  # which adapter `run` evaluates and reports: best by dev score, or the last one
+BAD_LOSS_POLICIES = ("stop", "skip")  # a NaN/inf loss or gradient, or a loss spike: stop, or drop that step
 DEFAULT_MAX_LENGTH = 512  # when neither the config nor a saved embedder folder says otherwise
 # The learnable temperature is kept where logits stay finite and the softmax keeps a gradient (CLIP's bound).
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
@@ -37,6 +39,7 @@ class ModelConfig:
     prompt: str | None = None  # e.g. '{} is:' (paper Table 5); '{}' marks where the text goes
     max_length: int | None = None  # None: the saved embedder folder's length, else DEFAULT_MAX_LENGTH
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # pickled weights (pytorch_model.bin, .pt) can run code when loaded: refused unless set
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     quantize: str | None = None  # int8: dynamic int8 linear layers for CPU inference (eval, encode, serve)
 
@@ -87,6 +90,9 @@ class TrainConfig:
     log_steps: int = 1
     time_budget: str | None = None  # `run` only: e.g. '20m', '1h30m'; sizes steps and dev evaluation to fit
     select: str = "best"  # `run` only: best (by dev score; final when no dev evaluation ran) | final
+    on_bad_loss: str = "stop"  # stop | skip (drop that step's update, count it; stop after max_bad_steps in a row)
+    max_bad_steps: int = 5  # skip: consecutive bad steps that stop the run anyway
+    spike_factor: float | None = None  # a loss above this x the running median counts as bad (None: off)
 
 
 @dataclass
@@ -116,12 +122,11 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+        raw = _load_yaml(path)
+        if raw is None:  # an empty file, or only comments
+            raw = {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {_kind(raw)}")
         return cls.from_dict(raw, str(path))
 
     def update(self, raw: dict[str, Any], source: str = "config") -> None:
@@ -129,7 +134,8 @@ class Config:
         sections = {f.name: getattr(self, f.name) for f in fields(self)}
         for section_name, values in raw.items():
             if section_name not in sections:
-                raise ConfigError(f"{source}: unknown section '{section_name}' (valid: {', '.join(sections)})")
+                raise ConfigError(f"{source}: unknown section {_shown(section_name)}{_bool_key_hint(section_name)} "
+                                  f"(valid: {', '.join(sections)})")
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: section '{section_name}' must be a mapping")
             _set_fields(sections[section_name], values, f"{source}: {section_name}")
@@ -158,6 +164,11 @@ class Config:
             (t.chunk_tokens >= 16, f"train.chunk_tokens must be >= 16, got {t.chunk_tokens}"),
             (t.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got '{t.loss}'"),
             (t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}, got '{t.select}'"),
+            (t.on_bad_loss in BAD_LOSS_POLICIES,
+             f"train.on_bad_loss must be one of {', '.join(BAD_LOSS_POLICIES)}, got '{t.on_bad_loss}'"),
+            (t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}"),
+            (t.spike_factor is None or (t.spike_factor > 1 and math.isfinite(t.spike_factor)),
+             f"train.spike_factor must be > 1 (or unset), got {t.spike_factor}"),
             (t.mini_batch_tokens >= 16, f"train.mini_batch_tokens must be >= 16, got {t.mini_batch_tokens}"),
             (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got '{t.precision}'"),
             (self.eval.precision in PRECISIONS, f"eval.precision must be one of {', '.join(PRECISIONS)}"),
@@ -173,11 +184,82 @@ class Config:
         ]
         for ok, message in checks:
             if not ok:
-                raise ConfigError(message)
+                raise ConfigError(_one_line(message))
+        for f in fields(self):  # inf passes checks such as "> 0": no float option means anything at infinity
+            for name, value in vars(getattr(self, f.name)).items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{f.name}.{name} must be a finite number, got {value}")
+        if self.data.max_train_samples is not None and self.data.max_train_samples < 1:
+            raise ConfigError(f"data.max_train_samples must be >= 1 (or unset), got {self.data.max_train_samples}")
         if t.time_budget is not None:
             if parse_duration(t.time_budget) <= 0:
-                raise ConfigError(f"train.time_budget must be positive, got '{t.time_budget}'")
+                raise ConfigError(f"train.time_budget must be positive, got {_shown(t.time_budget)}")
         return self
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 40, 40, 30, 2
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 4
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: repr, cut short, one line whatever it holds."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an integer past Python's 4300-digit limit for str()
+        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<{type(value).__name__}>"
+
+
+def _one_line(message: str, limit: int = 300) -> str:
+    """Line breaks and other unprintable characters escaped, and long messages cut: an error is one short line."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {list: "a list", str: "a string", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _bool_key_hint(key: Any) -> str:
+    return " (YAML reads on/off/yes/no/true/false as booleans: quote the key)" if isinstance(key, bool) else ""
+
+
+def _load_yaml(path: Path) -> Any:
+    """The parsed file, or a one-line ConfigError (PyYAML's own messages span several lines)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(p for p in (err.context, err.problem) if p) or type(err).__name__
+        raise ConfigError(_one_line(f"{where}: invalid YAML ({problem})")) from None
+    except yaml.reader.ReaderError as err:
+        line = text[: err.position].count("\n") + 1
+        code = err.character if isinstance(err.character, int) else ord(err.character)
+        raise ConfigError(f"{path}:{line}: invalid YAML ({err.reason}: character U+{code:04X})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(_one_line(f"{path}: invalid YAML ({str(err).strip().splitlines()[0]})")) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:
+        # PyYAML's constructors fail this way on scalars such as 2001-13-45, !!int abc, !!bool maybe, !!timestamp x
+        # or an integer of more than 4300 digits.
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(_one_line(f"{path}: invalid YAML (a value PyYAML cannot construct: {detail})", 200)) \
+            from None
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
@@ -189,21 +271,23 @@ def parse_duration(text: str) -> float:
     cleaned = text.strip().lower().replace(" ", "")
     parts = _DURATION_PART.findall(cleaned)
     if not cleaned or "".join(n + u for n, u in parts) != cleaned:
-        raise ConfigError(f"time budget must look like 20m, 1h30m, 90s or 900 (seconds), got '{text}'")
+        raise ConfigError(f"time budget must look like 20m, 1h30m, 90s or 900 (seconds), got {_shown(text)}")
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
 def is_device(name: str) -> bool:
-    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
+    return name in DEVICES or (name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit())
 
 
 def _set_fields(section: Any, values: dict[str, Any], where: str) -> None:
     hints = get_type_hints(type(section))
     known = {f.name for f in fields(section)}
     for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key {_shown(key)} is not a name{_bool_key_hint(key)}")
         name = key.replace("-", "_")
         if name not in known:
-            raise ConfigError(f"{where}: unknown key '{key}' (valid: {', '.join(sorted(known))})")
+            raise ConfigError(f"{where}: unknown key {_shown(key)} (valid: {', '.join(sorted(known))})")
         setattr(section, name, _coerce(value, hints[name], f"{where}.{key}"))
 
 
@@ -218,7 +302,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_shown(value)}")
+        for item in value:  # names and paths: a nested list, a mapping or a null is a mistake, not a name
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise ConfigError(f"{where}: expected a list of names, got {_shown(item)} in it")
         return [str(v) for v in value]
     for kind in (bool, int, float, str):
         if kind.__name__ in text:
@@ -235,13 +322,16 @@ def _as(kind: type, value: Any, where: str) -> Any:
         if str(value).lower() in ("false", "0", "no", "off"):
             return False
     elif kind is int and not isinstance(value, bool):
-        if isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit()):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,4000}", value):  # ASCII digits only: not '²' or '--5'
             return int(value)
     elif kind is float and not isinstance(value, bool):
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
             pass
     elif kind is str:
-        return str(value)
-    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+        if not isinstance(value, (list, dict, set, tuple, bytes)):
+            return str(value)
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {_shown(value)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from embedtune.data.tables import read_table, read_text_strict, text_field
-from embedtune.errors import DataError, ModelError
+from embedtune.errors import DataError, ModelError, StorageError
 from embedtune.files import write_file_atomically
 
 INPUT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
@@ -34,7 +34,8 @@ def check_paths(input: str | Path, output: str | Path) -> None:
 
 
 def read_texts(input: str | Path, column: str = "text") -> list[str]:
-    """The texts of an input file, in file order."""
+    """The texts of an input file, in file order. Blank lines of .jsonl/.csv/.tsv inputs are skipped and counted
+    (logged by read_table); in a .txt input every line is a text, so an empty one is an error."""
     path = Path(input)
     if path.suffix.lower() == ".txt":
         if not path.is_file():
@@ -45,7 +46,7 @@ def read_texts(input: str | Path, column: str = "text") -> list[str]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    text = read_text_strict(path).removeprefix("\ufeff")
+    text = read_text_strict(path)  # without its BOM
     # Only \n, \r\n and \r end a line; str.splitlines would also split on form feeds and Unicode separators.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines and lines[-1] == "":
@@ -86,4 +87,8 @@ def write_embeddings(vectors: np.ndarray, output: str | Path) -> None:
             values = ",".join(format(float(x), ".9g") for x in row)
             f.write(f'{{"index":{index},"embedding":[{values}]}}\n'.encode())
 
-    write_file_atomically(output, write)
+    try:
+        write_file_atomically(output, write, "encode")
+    except StorageError as err:
+        kept = f"the previous {output} is unchanged" if output.exists() else f"no {output} was written"
+        raise StorageError(f"{err}; {kept}", err.errno, err.filename) from None

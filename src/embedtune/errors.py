@@ -33,3 +33,15 @@ class TrainingError(EmbedtuneError):
 
 class TrainingStopped(EmbedtuneError):
     """A run stopped on request (SIGINT/SIGTERM) after saving a checkpoint."""
+
+
+class StorageError(EmbedtuneError, OSError):
+    """A file that could not be written (full disk, read-only folder): one line with the path, the reason and the
+    free space there. Also an OSError, so that code expecting one (a read-only cache) still catches it."""
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None):
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -1,7 +1,9 @@
 """`embedtune run`: baseline nine-set evaluation, training, evaluation of the result, and a report in OUTPUT/.
 
-Each stage writes its result before the next starts (base.json, final/, tuned.json), so a crash loses at most
-the stage in flight; with --resume a finished baseline is reused and training continues from its checkpoint.
+Each stage writes its result before the next starts (base.json, final/, tuned.json), atomically and only once
+the stage has finished, so a crash loses at most the stage in flight; with --resume a complete baseline is
+reused and training continues from its newest complete checkpoint. report.json is written last and removed when a
+run starts, so that it exists only for a run that finished.
 The tuned evaluation runs on the adapter `train.select` names: `best` (OUTPUT/best, the step with the highest
 STSBenchmark dev score, as best.json records) or `final` (OUTPUT/final); report.json says which under "selected".
 """
@@ -14,15 +16,18 @@ import time
 from pathlib import Path
 
 from embedtune.config import Config, parse_duration
-from embedtune.evaluation.report import comparison_markdown, read_metrics, write_eval_outputs
+from embedtune.evaluation.report import comparison_markdown, eval_markdown, read_metrics
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.files import write_text_atomically
 from embedtune.models.embedder import Embedder
 from embedtune.training.budget import TimeBudget, format_duration
+from embedtune.training.callbacks import Callback, TrainState
 from embedtune.training.metrics import METRICS
 from embedtune.training.trainer import dev_evaluator, train
 
 PLAN_FILE = "plan.json"
+# A finished run's outputs: removed when a run starts, so that none of them is ever a previous run's.
+RESULT_FILES = ("report.json", "report.md", "tuned.json", "tuned.md")
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +37,23 @@ def run_experiment(config: Config) -> dict:
     out = Path(config.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
+    for name in RESULT_FILES + (() if config.train.resume else (PLAN_FILE,)):
+        (out / name).unlink(missing_ok=True)
 
     base_path = out / "base.json"
-    if config.train.resume and base_path.is_file():
-        base = json.loads(base_path.read_text())
+    base = complete_result(base_path, evaluator) if config.train.resume else None
+    if base is not None:
         log.info("reusing the baseline in %s", base_path)
     else:
         print("1/3 baseline evaluation", flush=True)
         # The starting point: the base model, or base + the adapter that training continues from.
         base = evaluator(Embedder.from_config(config.model, precision=config.eval.precision))
-        write_eval_outputs(base, base_path)
+        write_result(base, base_path)
     gc.collect()
 
     print("2/3 training", flush=True)
     budget = time_budget(config, base, started)
-    final = train(config, callbacks=[budget])
+    final = train(config, callbacks=[budget, PlanKeeper(budget, out / PLAN_FILE)])
     plan = _keep_plan(budget, out / PLAN_FILE)
     gc.collect()
 
@@ -56,15 +63,48 @@ def run_experiment(config: Config) -> dict:
     print(f"3/3 evaluation of the tuned model ({selected['by']} adapter, step {selected['step']})", flush=True)
     tuned = evaluator(Embedder.from_config(config.model, adapter=selected["adapter"],
                                            precision=config.eval.precision))
-    write_eval_outputs(tuned, out / "tuned.json")
+    write_result(tuned, out / "tuned.json")
 
     report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": plan,
               "seconds": round(time.perf_counter() - started, 1), "selected": selected}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plots = [p for p in (out / "loss.png", out / "dev_spearman.png") if p.is_file()]  # drawn by train()
-    (out / "report.md").write_text(_report_markdown(config, report, plots, out, note))
+    write_text_atomically(out / "report.md", _report_markdown(config, report, plots, out, note))
+    write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n")  # last: the run is done
     report["paths"] = {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}
     return report
+
+
+def write_result(result: dict, path: Path) -> None:
+    """An evaluation's JSON and its Markdown table beside it, each atomically; the JSON last (it is what a
+    resumed run looks for)."""
+    write_text_atomically(path.with_suffix(".md"), eval_markdown(result))
+    write_text_atomically(path, json.dumps(result, indent=2) + "\n")
+
+
+def complete_result(path: Path, evaluator: STSEvaluator) -> dict | None:
+    """The evaluation saved in `path` if it is complete and covers the evaluator's tasks, else None."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    tasks = {data.name for data in evaluator.datasets}
+    if not isinstance(result, dict) or not isinstance(result.get("tasks"), dict) or set(result["tasks"]) != tasks or \
+            not all(isinstance(result.get(key), (int, float)) for key in ("average", "std", "seconds")):
+        log.warning("%s is incomplete or for other tasks; evaluating the baseline again", path)
+        return None
+    return result
+
+
+class PlanKeeper(Callback):
+    """Writes the budget's plan to plan.json as soon as it is made: a run killed later still reports it."""
+
+    def __init__(self, budget: TimeBudget, path: Path):
+        self.budget, self.path, self.written = budget, path, False
+
+    def on_step_end(self, state: TrainState, event: dict) -> None:
+        if self.budget.plan is not None and not self.written:
+            write_text_atomically(self.path, json.dumps(self.budget.plan.as_dict(), indent=2) + "\n")
+            self.written = True
 
 
 def select_adapter(select: str, out: Path, final: Path) -> tuple[dict, str | None]:
@@ -74,7 +114,7 @@ def select_adapter(select: str, out: Path, final: Path) -> tuple[dict, str | Non
     and the final adapter stands in. The final adapter's dev score is the evaluation at its step, if one ran.
     """
     events = read_metrics(out / METRICS)
-    steps = [e["step"] for e in events if "loss" in e]
+    steps = [e["step"] for e in events if "loss" in e or "skipped" in e]  # a skipped step is still a step
     final_step = steps[-1] if steps else None
     dev = {e["step"]: sum(e["eval"].values()) / len(e["eval"]) for e in events if e.get("eval")}
     best_file = out / "best.json"
@@ -107,7 +147,10 @@ def _keep_plan(budget: TimeBudget, path: Path) -> dict | None:
     if budget.plan is not None:
         write_text_atomically(path, json.dumps(budget.plan.as_dict(), indent=2) + "\n")
         return budget.plan.as_dict()
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path, note: str | None = None) -> str:

@@ -1,59 +1,365 @@
 """Atomic writes, the one implementation: a file or folder appears complete, or the old one stays.
 
-Every writer fills a temporary sibling (same folder, so the final rename stays on one file system) and renames
-it into place; a crash, a full disk or an exception leaves at most a hidden temporary entry behind, never a
-half-written result under the real name.
+Every writer fills a temporary sibling (same folder, so the final rename stays on one file system), flushes it
+to disk and renames it into place; a crash, a full disk or an exception leaves at most a hidden temporary entry
+behind (`.NAME.tmp-*`, removed by `remove_temporaries`), never a half-written result under the real name. A
+folder's optional marker file is written last, so a folder that holds its marker is complete.
+
+A write that fails for lack of room or permission raises StorageError: one line naming the path, the reason and
+the free space there. Libraries that write files themselves (safetensors, torch) report such failures in their
+own exception types; the writers recognise those too.
+
+Fault injection, for the reliability tests (docs/RELIABILITY.md): `EMBEDTUNE_FAULT="ACTION:KIND:N[,...]"` (or
+`injected_faults(spec)` in-process) arms faults at named events. KIND is a write's kind (`checkpoint`, `final`,
+`best`, `export`, `encode`, `gguf-convert`, `bf16-copy`, or a file's name such as `report.json`), or one of
+the trainer's events `step` (after step N, checkpoint included) and `loss` (the loss of step N); `*` matches
+any kind. N is the event's number: the step for `step`/`loss`, else the n-th write of that kind in this process
+(1-based); `*` matches every one. ACTION is `kill` (SIGKILL in the middle of the write: after half of its
+bytes, before the rename; or at a step), `kill-swap` (SIGKILL after an existing folder was moved aside and
+before the new one took its place), `enospc`/`erofs`/`eacces`/`eio` (that OSError, mid-write), or `nan`/`inf`/
+`spike` (returned to the caller: the trainer makes that loss NaN, inf or 1000x).
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from embedtune.errors import ConfigError, StorageError
 
-def write_file_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+TEMP_TAG = ".tmp-"  # in every temporary name: `.NAME.tmp-XXXXXXXX`
+# Failures that mean "this place cannot take the write", as opposed to a bug in what is being written.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+_OS_ERROR_CODE = re.compile(r"os error (\d+)")  # how Rust libraries (safetensors, tokenizers) report errno
+
+
+def write_file_atomically(path: str | Path, write: Callable[[IO[bytes]], None], kind: str | None = None) -> Path:
     """write(f) fills a temporary binary file, which then replaces `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    kind = kind or path.name
+    number = _count(kind)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_TAG}")
+        tmp = Path(name)
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            _inject_mid_write(kind, number, path, tmp)
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+    except BaseException as err:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        _raise_storage_error(path, err)
         raise
     return path
 
 
-def write_text_atomically(path: str | Path, text: str) -> Path:
-    return write_file_atomically(path, lambda f: f.write(text.encode("utf-8")))
+def write_text_atomically(path: str | Path, text: str, kind: str | None = None) -> Path:
+    return write_file_atomically(path, lambda f: f.write(text.encode("utf-8")), kind)
 
 
-def write_folder_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
+def write_folder_atomically(target: str | Path, write: Callable[[Path], None], kind: str | None = None,
+                            marker: tuple[str, Callable[[Path], str]] | None = None) -> Path:
     """write(folder) fills a temporary folder beside `target`, which then replaces it (an existing target
-    is moved aside first and removed after the swap)."""
+    is moved aside first and removed after the swap). `marker` (file name, text of the filled folder) is
+    written after everything else, so that its presence means the folder is complete."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    kind = kind or target.name
+    number = _count(kind)
+    tmp: Path | None = None
     try:
+        recover_folder(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{TEMP_TAG}"))
         write(tmp)
-        _replace_dir(tmp, target)
+        _inject_mid_write(kind, number, target, tmp)
+        if marker is not None:
+            name, text = marker
+            (tmp / name).write_text(text(tmp), encoding="utf-8")
+        _fsync_tree(tmp)
+        _replace_dir(tmp, target, kind, number)
+    except BaseException as err:
+        _raise_storage_error(target, err)
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _replace_dir(source: Path, target: Path) -> None:
+def _aside(target: Path) -> Path:
+    return target.with_name(f".{target.name}-old")
+
+
+def _replace_dir(source: Path, target: Path, kind: str, number: int) -> None:
     # os.replace cannot overwrite a non-empty directory: move the old one aside first, then drop it.
     if target.exists():
-        aside = target.with_name(f".{target.name}-old")
+        aside = _aside(target)
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(target, aside)
+        _inject(kind, number, ("kill-swap",), target)
         os.replace(source, target)
+        _fsync_dir(target.parent)
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(source, target)
+        _fsync_dir(target.parent)
+
+
+def recover_folder(target: str | Path) -> bool:
+    """Put back a folder that a killed write had moved aside and not yet replaced; True when it did."""
+    target = Path(target)
+    aside = _aside(target)
+    if not target.exists() and aside.is_dir():
+        os.replace(aside, target)
+        return True
+    return False
+
+
+def remove_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove what killed writes left in `folder` (temporary files and folders, set-aside old folders whose
+    target exists again), only those of the entry `name` if given; returns what was removed. Call it only where
+    no write (of `name`) is in progress."""
+    folder = Path(folder)
+    removed = []
+    for entry in folder.glob(f".{name or ''}*") if folder.is_dir() else []:
+        if name is not None and entry.name not in (f".{name}-old",) and not entry.name.startswith(
+                f".{name}{TEMP_TAG}"):
+            continue
+        stale = TEMP_TAG in entry.name or (entry.name.endswith("-old") and
+                                           (folder / entry.name[1:-len("-old")]).exists())
+        if not stale:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+@contextmanager
+def exclusive(lock_file: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if needed) for the duration: one process at a time
+    writes what it guards. The system releases it when the process dies, however it dies."""
+    lock_file = Path(lock_file)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the atomic rename still guards the result
+        yield
+        return
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock_file, "a")  # closed by the with below
+    except OSError as err:
+        _raise_storage_error(lock_file, err)
+        raise
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(Path(root) / name, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+# ---- write failures -------------------------------------------------------------------------------------------
+
+def storage_error(path: str | Path, err: BaseException, code: int | None = None) -> StorageError:
+    """The one-line error for a write to `path` that failed with `err`: reason and free space there."""
+    code = code if code is not None else getattr(err, "errno", None)
+    reason = os.strerror(code) if code else str(err)
+    return StorageError(f"cannot write {path}: {reason} ({free_space(path)} free there)", code, str(path))
+
+
+def _raise_storage_error(path: Path, err: BaseException) -> None:
+    """Raise StorageError from `err` if it is a failure of the place being written (any library's way of
+    saying so); return when it is some other error, for the caller to re-raise."""
+    if isinstance(err, StorageError) or not isinstance(err, Exception):
+        return
+    code = _write_errno(err, path.parent)
+    if code is not None:
+        raise storage_error(path, err, code) from err
+
+
+def _write_errno(err: Exception, folder: Path) -> int | None:
+    if isinstance(err, OSError):
+        return err.errno if err.errno in WRITE_ERRNOS else None
+    text = str(err)
+    match = _OS_ERROR_CODE.search(text)
+    if match and int(match.group(1)) in WRITE_ERRNOS:
+        return int(match.group(1))
+    for code in WRITE_ERRNOS:
+        if os.strerror(code) in text:
+            return code
+    # torch's own writer says only "unexpected pos ..." or "file write failed": ask the file system itself.
+    return _probe(folder) if isinstance(err, RuntimeError) else None
+
+
+def _probe(folder: Path) -> int | None:
+    """The errno of a small test write in `folder` (or its nearest existing parent), None when it succeeds."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return err.errno if err.errno in WRITE_ERRNOS else None
+    return None
+
+
+def free_space(path: str | Path) -> str:
+    """Free space on the file system that holds `path` (or its nearest existing parent), e.g. '1.5 GiB'."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown space"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if free < 1024 or unit == "GiB":
+            return f"{free} B" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1024
+    return f"{free:.1f} TiB"  # unreachable
+
+
+# ---- fault injection ------------------------------------------------------------------------------------------
+
+FAULT_ENV = "EMBEDTUNE_FAULT"
+ERRNO_ACTIONS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eacces": errno.EACCES, "eio": errno.EIO}
+KILL_ACTIONS = ("kill", "kill-swap")
+VALUE_ACTIONS = ("nan", "inf", "spike")  # the caller acts on these
+_MID_WRITE = ("kill", *ERRNO_ACTIONS)
+
+
+@dataclass(frozen=True)
+class Fault:
+    action: str
+    kind: str  # or "*"
+    number: int | None  # None: every event of that kind
+
+
+_override: str | None = None
+_parsed: tuple[str, list[Fault]] | None = None
+_counts: dict[str, int] = {}
+
+
+def parse_faults(spec: str) -> list[Fault]:
+    faults = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        action, sep, rest = part.partition(":")
+        kind, sep2, number = rest.rpartition(":")
+        if not (sep and sep2 and kind) or action not in (*KILL_ACTIONS, *ERRNO_ACTIONS, *VALUE_ACTIONS) or not (
+                number == "*" or number.isdigit()):
+            raise ConfigError(f"{FAULT_ENV}: expected ACTION:KIND:N (ACTION one of "
+                              f"{', '.join((*KILL_ACTIONS, *ERRNO_ACTIONS, *VALUE_ACTIONS))}; N a number or *), "
+                              f"got '{part}'")
+        faults.append(Fault(action, kind, None if number == "*" else int(number)))
+    return faults
+
+
+def _armed() -> list[Fault]:
+    global _parsed
+    spec = _override if _override is not None else os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return []
+    if _parsed is None or _parsed[0] != spec:
+        _parsed = (spec, parse_faults(spec))
+        _counts.clear()
+    return _parsed[1]
+
+
+@contextmanager
+def injected_faults(spec: str) -> Iterator[None]:
+    """Arm `spec` (the EMBEDTUNE_FAULT syntax) in this process for the duration; counts start afresh."""
+    global _override, _parsed
+    previous, _override, _parsed = _override, spec, None
+    try:
+        yield
+    finally:
+        _override, _parsed = previous, None
+
+
+def _count(kind: str) -> int:
+    if not _armed():
+        return 0
+    _counts[kind] = _counts.get(kind, 0) + 1
+    return _counts[kind]
+
+
+def _match(kind: str, number: int, actions: tuple[str, ...]) -> Fault | None:
+    for fault in _armed():
+        if fault.kind in (kind, "*") and fault.number in (None, number) and fault.action in actions:
+            return fault
+    return None
+
+
+def _inject(kind: str, number: int, actions: tuple[str, ...], path: Path | None = None) -> str | None:
+    fault = _match(kind, number, actions)
+    if fault is None:
+        return None
+    if fault.action in KILL_ACTIONS:
+        print(f"embedtune: injected fault: SIGKILL at {kind} #{number}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault.action in ERRNO_ACTIONS:
+        code = ERRNO_ACTIONS[fault.action]
+        raise OSError(code, f"{os.strerror(code)} (injected)", str(path))
+    return fault.action
+
+
+def _inject_mid_write(kind: str, number: int, path: Path, tmp: Path) -> None:
+    """A mid-write fault: the temporary file (or a folder's largest file) is cut to half its bytes first."""
+    if _match(kind, number, _MID_WRITE) is None:
+        return
+    files = [tmp] if tmp.is_file() else sorted((p for p in tmp.rglob("*") if p.is_file()),
+                                                key=lambda p: p.stat().st_size)
+    if files:
+        with open(files[-1], "r+b") as f:
+            f.truncate(files[-1].stat().st_size // 2)
+    _inject(kind, number, _MID_WRITE, path)
+
+
+def fault(kind: str, number: int | None = None) -> str | None:
+    """A fault point outside the writers (the trainer's `step` and `loss`): kills or raises as armed, or returns
+    the value action (nan, inf, spike) for the caller to apply; None when nothing is armed here."""
+    if not _armed():
+        return None
+    return _inject(kind, _count(kind) if number is None else number, (*KILL_ACTIONS, *ERRNO_ACTIONS, *VALUE_ACTIONS))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from embedtune.config import DataConfig
 from embedtune.data.sts import STSTask, load_sts
-from embedtune.data.tables import TABLE_SUFFIXES, Row, read_table, require_columns
+from embedtune.data.tables import TABLE_SUFFIXES, Row, check_unicode, read_table, require_columns, shown, shown_names
 from embedtune.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ class CleaningReport:
 
     Raw NLI pairs (premise, hypothesis, label) are first turned into rows (`read` counts those rows); the `pairs_`
     counts say which pair rows that conversion dropped, by reason, so that `pairs_read` is their sum plus the rows
-    used (one entailed and, with hard negatives, one contradicted hypothesis per row built).
+    used (one entailed and, with hard negatives, one contradicted hypothesis per row built). Blank lines skipped in
+    the files, and kept rows cut by `max_train_samples`, are counted too (and listed only when there are some).
     """
 
     read: int = 0
@@ -62,22 +63,27 @@ class CleaningReport:
     pairs_no_entailment: int = 0  # rows of premises that have no entailed hypothesis
     pairs_no_contradiction: int = 0  # rows of premises that have no contradicted one (hard negatives on)
     pairs_unused: int = 0  # further hypotheses of a premise (and, without hard negatives, its contradictions)
+    blank_lines: int = 0  # blank lines skipped in the files (no rows: not in `read`)
+    over_max_samples: int = 0  # clean rows beyond max_train_samples, not used
 
     def as_dict(self) -> dict[str, int]:
-        """The counts; the `pairs_` ones only when raw NLI pairs were read."""
-        counts = asdict(self)
+        """The counts; the `pairs_` ones only when raw NLI pairs were read, the last two only when not zero."""
+        counts = {k: v for k, v in asdict(self).items()
+                  if not (k in ("blank_lines", "over_max_samples") and not v)}
         return counts if self.pairs_read else {k: v for k, v in counts.items() if not k.startswith("pairs_")}
 
     def summary(self) -> str:
+        cut = f", {self.over_max_samples} beyond max_train_samples" if self.over_max_samples else ""
         text = (f"{self.read} rows read; dropped {self.empty_field} with an empty field, {self.degenerate} degenerate, "
-                f"{self.duplicate} duplicates, {self.contaminated} overlapping the STS sets; {self.kept} kept")
+                f"{self.duplicate} duplicates, {self.contaminated} overlapping the STS sets{cut}; {self.kept} kept")
+        blank = f" ({self.blank_lines} blank lines skipped)" if self.blank_lines else ""
         if not self.pairs_read:
-            return text
+            return text + blank
         return (f"{self.pairs_read} NLI pair rows read, of which {self.pairs_empty_field} had an empty field, "
                 f"{self.pairs_neutral} were neutral, {self.pairs_no_label} had no gold label, "
                 f"{self.pairs_no_entailment} belong to premises without an entailed hypothesis, "
                 f"{self.pairs_no_contradiction} to premises without a contradicted one and {self.pairs_unused} were "
-                f"further hypotheses of a premise; then {text}")
+                f"further hypotheses of a premise; then {text}{blank}")
 
 
 def training_files(config: DataConfig, data_dir: Path | None) -> list[str]:
@@ -99,19 +105,30 @@ def read_training_file(spec: str, config: DataConfig, hard_negatives: bool = Tru
     an empty field (counted, then dropped). Raw NLI pairs are converted, their drops counted in `report`."""
     path = _local_copy(spec)
     rows = read_table(path, [])
+    if report is not None:
+        report.blank_lines += rows.blank_lines
     header = rows[0].values.keys()
     if all(c in header for c in PAIR_COLUMNS) and config.anchor_column not in header:
+        _check_unicode(path, rows, PAIR_COLUMNS[:2])
         return [t.texts() for t in pairs_to_triplets(rows, hard_negatives, report, str(path))]
     columns = [config.anchor_column, config.positive_column]
     require_columns(path, rows, columns)
     if hard_negatives:
         if config.negative_column not in header:
             line = 1 if path.suffix.lower() in (".tsv", ".csv") else rows[0].line
-            raise DataError(f"missing column (found: {', '.join(map(str, header))}): hard negatives need it; for "
+            raise DataError(f"missing column (found: {shown_names(header)}): hard negatives need it; for "
                             "(anchor, positive) pairs pass --no-hard-negatives, or name the column with "
                             "--negative-column", file=str(path), line=line, field=config.negative_column)
         columns.append(config.negative_column)
+    _check_unicode(path, rows, columns)
     return [_cells(row.values, columns) for row in rows]
+
+
+def _check_unicode(path: Path, rows: list[Row], columns) -> None:
+    """Lone surrogates (JSON escapes) fail here, located, not in the tokenizer mid-training."""
+    for row in rows:
+        for column in columns:
+            check_unicode(path, row, column)
 
 
 def _cells(values: dict, columns: list[str]) -> RawRow | None:
@@ -171,7 +188,9 @@ def _nli_label(value: object, source: str, line: int) -> tuple[str | None, bool]
     """(label name, or None for no gold label; whether it was a class id) of one raw NLI label cell."""
     if isinstance(value, float) and value != value:  # a missing cell in parquet/pandas
         return None, False
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+    if isinstance(value, int) and not isinstance(value, bool):
+        key = str(value)  # not via float(): a 400-digit integer would overflow it
+    elif isinstance(value, float) and value.is_integer():
         key = str(int(value))
     else:
         key = _text(value).lower()
@@ -179,7 +198,7 @@ def _nli_label(value: object, source: str, line: int) -> tuple[str | None, bool]
         return NLI_LABELS[key], False
     if key in NUMERIC_NLI_LABELS:
         return NUMERIC_NLI_LABELS[key], True
-    raise DataError(f"unknown NLI label {value!r}: expected entailment, neutral, contradiction or '-' (no gold "
+    raise DataError(f"unknown NLI label {shown(value)}: expected entailment, neutral, contradiction or '-' (no gold "
                     "label), or the hub's class ids 0, 1, 2 and -1", file=source, line=line, field="label")
 
 
@@ -241,6 +260,7 @@ def load_triplets(config: DataConfig, data_dir: Path | None, eval_sentences: set
         rows.extend(read_training_file(spec, config, hard_negatives, report))
     triplets, report = clean_triplets(rows, eval_sentences if config.decontaminate else None, report)
     if config.max_train_samples is not None:
+        report.over_max_samples = max(0, len(triplets) - config.max_train_samples)
         triplets = triplets[: config.max_train_samples]
         report.kept = len(triplets)
     if len(triplets) < 2:

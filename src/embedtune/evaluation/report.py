@@ -61,6 +61,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_training(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     """loss.png and dev_spearman.png against step, from metrics.jsonl."""
+    import os
+
+    from embedtune.models.loading import cache_dir
+
+    # matplotlib's font cache goes to embedtune's cache, not ~/.cache and ~/.config: a run writes nothing else.
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedtune.config import ModelConfig
-from embedtune.errors import ConfigError, ModelError
+from embedtune.errors import ConfigError, ModelError, StorageError
 from embedtune.export.adapter_only import ADAPTER_FILES, adapter_files, write_adapter_only
 from embedtune.export.card import discover_card_info, model_card
 from embedtune.export.merged import write_merged
@@ -68,7 +68,10 @@ def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = Fa
         else:
             write_merged(folder, embedder, meta, card)
 
-    return write_folder_atomically(out, write)  # the folder appears complete or not at all
+    try:
+        return write_folder_atomically(out, write, "export")  # the folder appears complete or not at all
+    except StorageError as err:
+        raise StorageError(f"{err}; no export was made (nothing under {out})", err.errno, err.filename) from None
 
 
 def _checked_target(out: str | Path) -> Path:

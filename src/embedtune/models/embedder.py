@@ -25,6 +25,7 @@ from embedtune.models.fused import fuse_gemma
 from embedtune.models.loading import (
     DEFAULT_MODEL,
     adapter_settings,
+    check_adapter_weights,
     load_base_model,
     load_tokenizer,
     resolve_model,
@@ -78,9 +79,11 @@ class Embedder:
         device: str | torch.device | None = None,
         backend: Backend | None = None,
         quantize: str | None = None,
+        allow_pickle: bool = False,
     ):
         """`pooling`, `prompt` and `max_length` left as None take the values saved in an exported folder
-        (embedtune or sentence-transformers), else the model's defaults."""
+        (embedtune or sentence-transformers), else the model's defaults. Pickled weights (model or adapter) are
+        refused unless `allow_pickle` (models/loading.py)."""
         self.backend = backend or Backend.for_device(device, precision)
         self.device, self.dtype = self.backend.device, self.backend.dtype
         saved: dict = {}
@@ -95,9 +98,10 @@ class Embedder:
             saved = saved_settings(source) | adapter_settings(adapter)
             tokenizer = tokenizer or load_tokenizer(source, trust_remote_code)
             # Loaded straight in the working dtype: an fp32 copy first would double the load-time peak.
-            self.model = load_base_model(source, trust_remote_code, dtype=self.dtype)
+            self.model = load_base_model(source, trust_remote_code, dtype=self.dtype, allow_pickle=allow_pickle)
         self.tokenizer = tokenizer
         if adapter:
+            check_adapter_weights(adapter, allow_pickle)
             self.model = _attach_adapter(self.model, adapter)
         self.model.to(self.device)
         self.pooling = pooling or saved.get("pooling") or default_pooling(self.model.config.model_type)
@@ -138,7 +142,8 @@ class Embedder:
             precision = "fp32"  # int8 layers compute in fp32 around their int8 matmuls
         return cls(config.name, adapter=config.adapter if adapter is None else adapter, pooling=config.pooling,
                    prompt=config.prompt, max_length=config.max_length, trust_remote_code=config.trust_remote_code,
-                   backend=backend or Backend.for_device(config.device, precision), quantize=config.quantize)
+                   backend=backend or Backend.for_device(config.device, precision), quantize=config.quantize,
+                   allow_pickle=config.allow_pickle)
 
     # ---- tokens -------------------------------------------------------------------------------------
     def apply_prompt(self, text: str) -> str:

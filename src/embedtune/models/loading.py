@@ -2,7 +2,12 @@
 
 GGUF files are converted once into an HF folder (safetensors) under the cache directory, so that only the
 first load pays for dequantisation (about 44 s for Gemma-3-270M); later loads take a couple of seconds.
-bf16 runs load from a bf16 copy of that folder, also written once (`bf16_variant`).
+bf16 runs load from a bf16 copy of that folder, also written once (`bf16_variant`). Both are written atomically
+with their marker file last: a folder without its marker (an interrupted conversion) is converted again.
+
+Weights load from safetensors (or GGUF) only: a folder whose only weights are pickled (`pytorch_model.bin`,
+`.pt`), which can run code when loaded, is refused unless `allow_pickle` is set; remote code runs only with
+`trust_remote_code`.
 """
 from __future__ import annotations
 
@@ -19,13 +24,15 @@ from pathlib import Path
 import torch
 
 from embedtune.errors import ModelError
-from embedtune.files import write_folder_atomically
+from embedtune.files import exclusive, remove_temporaries, write_folder_atomically
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "EMBEDTUNE_CACHE"
 DEFAULT_MODEL = "gemma3-270m"
 CONVERTED_MARKER = "embedtune_source.json"  # in every folder converted from GGUF: where it came from
+BF16_MARKER = "embedtune_bf16_source.json"  # in every bf16 copy of one: which folder it copies
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def _gemma3_270m() -> Path:
@@ -225,8 +232,10 @@ def gguf_to_hf_folder(path: Path) -> Path:
     stat = path.stat()
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "hf" / f"{path.stem}-{key}"
-    if (target / "config.json").is_file():
+    if (target / CONVERTED_MARKER).is_file():
         return target
+    if target.exists():
+        log.warning("%s is an incomplete conversion (no %s); converting again", target, CONVERTED_MARKER)
     arch = gguf_architecture(path)
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
@@ -235,8 +244,11 @@ def gguf_to_hf_folder(path: Path) -> Path:
             f"{path}: GGUF architecture '{arch}' cannot be loaded by transformers "
             f"(supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})"
         )
-    log.info("converting %s to an HF folder in %s (once; later loads are fast)", path.name, target)
-    _convert_gguf(path, target)
+    with exclusive(target.with_name(f".{target.name}.lock")):  # one converting process; the others wait for it
+        if not (target / CONVERTED_MARKER).is_file():
+            remove_temporaries(target.parent, target.name)  # what a killed conversion left behind
+            log.info("converting %s to an HF folder in %s (once; later loads are fast)", path.name, target)
+            _convert_gguf(path, target)
     return target
 
 
@@ -248,7 +260,8 @@ def register_native_architectures() -> None:
     register()
 
 
-def _convert_gguf(path: Path, target: Path) -> None:
+def _read_gguf(path: Path):
+    """The dequantised model and the tokenizer of a GGUF file."""
     from transformers import AutoModel, AutoTokenizer
 
     register_native_architectures()
@@ -259,14 +272,19 @@ def _convert_gguf(path: Path, target: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
+    return model, tokenizer
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    model, tokenizer = _read_gguf(path)
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        (folder / CONVERTED_MARKER).write_text(json.dumps({"gguf": str(path)}))
 
-    write_folder_atomically(target, write)
+    # The marker is written last, by the atomic writer: only a complete folder ever holds it.
+    write_folder_atomically(target, write, "gguf-convert", marker=(CONVERTED_MARKER, lambda _: json.dumps({
+        "gguf": str(path)})))
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
@@ -279,7 +297,37 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         raise ModelError(_load_failure(source, err, trust_remote_code)) from None
 
 
-def load_base_model(source: ModelSource, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+def pickled_weights(folder: Path) -> list[Path]:
+    """The pickled weight files of a folder that has no safetensors weights (none when it has some: loaders
+    then read those), e.g. [pytorch_model.bin]."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES
+                  and p.name != "training_args.bin")  # the HF Trainer's arguments, never loaded here
+
+
+def check_weight_files(folder: str | Path, allow_pickle: bool = False, what: str = "model") -> bool:
+    """Refuse a folder whose only weights are pickled (a pickle can run code when it is loaded) unless
+    `allow_pickle`; True when the pickled weights are allowed and will be loaded (with a warning)."""
+    found = pickled_weights(Path(folder).expanduser())
+    if not found:
+        return False
+    if not allow_pickle:
+        raise ModelError(f"{found[0]}: pickled {what} weights can run code when loaded, and embedtune loads only "
+                         "safetensors or GGUF; convert the file to safetensors, or pass --allow-pickle "
+                         "(model.allow_pickle: true) if you trust it")
+    log.warning("%s: loading pickled %s weights (--allow-pickle); do this only with files you trust", found[0], what)
+    return True
+
+
+def check_adapter_weights(adapter: str | Path | None, allow_pickle: bool = False) -> None:
+    """check_weight_files for a LoRA adapter folder (peft would read adapter_model.bin with a pickle loader)."""
+    if adapter:
+        check_weight_files(adapter, allow_pickle, "adapter")
+
+
+def load_base_model(source: ModelSource, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                    allow_pickle: bool = False):
     """The base transformer without its LM head: logits over a 262k vocabulary are waste for embeddings."""
     from transformers import AutoModel
 
@@ -287,11 +335,15 @@ def load_base_model(source: ModelSource, trust_remote_code: bool = False, dtype:
     location = source.location
     if dtype == torch.bfloat16 and _is_converted_gguf(location):
         location = str(bf16_variant(Path(location)))
+    if source.is_local:
+        use_safetensors: bool | None = not check_weight_files(location, allow_pickle)
+    else:  # a hub repository: safetensors only, unless pickles are allowed (then safetensors where there are)
+        use_safetensors = None if allow_pickle else True
     try:
-        model = AutoModel.from_pretrained(location, dtype=dtype, use_safetensors=True,
+        model = AutoModel.from_pretrained(location, dtype=dtype, use_safetensors=use_safetensors,
                                           trust_remote_code=trust_remote_code)
     except Exception as err:
-        raise ModelError(_load_failure(source, err, trust_remote_code)) from None
+        raise ModelError(_load_failure(source, err, trust_remote_code, allow_pickle)) from None
     return model.eval()
 
 
@@ -309,22 +361,29 @@ def bf16_variant(folder: Path) -> Path:
     from transformers import AutoModel
 
     target = folder.with_name(f"{folder.name}-bf16")
-    if (target / "config.json").is_file():
+    if (target / BF16_MARKER).is_file():
         return target
     register_native_architectures()
     model = AutoModel.from_pretrained(str(folder), dtype=torch.bfloat16, use_safetensors=True)
     try:
-        write_folder_atomically(target, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
-    except OSError as err:  # a read-only cache: load from the fp32 folder, as before
+        with exclusive(target.with_name(f".{target.name}.lock")):
+            if not (target / BF16_MARKER).is_file():
+                remove_temporaries(target.parent, target.name)
+                write_folder_atomically(target, lambda tmp: model.save_pretrained(tmp, safe_serialization=True),
+                                        "bf16-copy", marker=(BF16_MARKER, lambda _: json.dumps({"fp32": folder.name})))
+    except OSError as err:  # a read-only cache or a full disk (StorageError): load from the fp32 folder
         log.warning("could not write a bf16 copy of %s (%s); loading the fp32 folder", folder.name, err)
         return folder
     return target
 
 
-def _load_failure(source: ModelSource, err: Exception, trust_remote_code: bool) -> str:
+def _load_failure(source: ModelSource, err: Exception, trust_remote_code: bool, allow_pickle: bool = True) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if "trust_remote_code" in str(err) and not trust_remote_code:
         return f"{source.name}: this model needs custom code; pass --trust-remote-code if you trust it"
+    if not source.is_local and not allow_pickle and "safetensors" in str(err):
+        return (f"cannot load '{source.name}' from the hub ({text}); embedtune loads only safetensors weights "
+                "unless --allow-pickle is given")
     if not source.is_local:
         return f"cannot load '{source.name}' from the hub ({text}); offline, pass a local folder or .gguf file"
     return f"cannot load model '{source.name}': {text}"

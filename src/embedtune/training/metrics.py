@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import sys
 from pathlib import Path
 
 import torch
 
+from embedtune.files import storage_error, write_text_atomically
+
 METRICS = "metrics.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 def peak_rss_gb() -> float:
@@ -29,12 +34,24 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is None:
-            path.write_text("")
+            write_text_atomically(path, "")
         else:  # drop events from after the checkpoint we resume from: they will be logged again
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step] if path.exists() else []
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in path.read_text().splitlines() if _step_of(line, path) <= resume_step
+                    ] if path.exists() else []
+            write_text_atomically(path, "".join(line + "\n" for line in kept))
 
     def write(self, event: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(event) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(event) + "\n")
+        except OSError as err:
+            raise storage_error(self.path, err) from err
+
+
+def _step_of(line: str, path: Path) -> float:
+    """An event's step; a line a killed process left half-written counts as after any step (it is dropped)."""
+    try:
+        return json.loads(line)["step"] if line.strip() else float("inf")
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s: dropping an incomplete line (%r)", path, line[:80])
+        return float("inf")

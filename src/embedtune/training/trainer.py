@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +22,14 @@ from embedtune.config import Config
 from embedtune.data.nli import evaluation_sentences, load_triplets
 from embedtune.data.sampling import batch_rows, tokenize_triplets, total_steps
 from embedtune.data.sts import STS_TASKS, resolve_data_dir, resolve_tasks
-from embedtune.errors import TrainingError, TrainingStopped
+from embedtune.errors import StorageError, TrainingError, TrainingStopped
 from embedtune.evaluation.diagnostics import warn_if_anisotropic
 from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
+from embedtune.files import fault, recover_folder, write_text_atomically
 from embedtune.losses import build_loss
 from embedtune.models.embedder import Embedder
+from embedtune.models.loading import check_adapter_weights
 from embedtune.models.lora import prepare_for_training
 from embedtune.training import checkpoint as ckpt
 from embedtune.training.callbacks import Callback, TrainState
@@ -33,6 +38,9 @@ from embedtune.training.optim import build_optimizer, cosine_with_warmup, stop_r
 
 log = logging.getLogger(__name__)
 __all__ = ["METRICS", "Callback", "TrainState", "dev_evaluator", "train"]
+SPIKE_WINDOW = 50  # good losses the running median of --spike-factor is taken over
+SPIKE_MIN_HISTORY = 5  # good losses needed before spikes are judged at all
+INJECTED_LOSS = {"nan": float("nan"), "inf": float("inf"), "spike": 1000.0}  # EMBEDTUNE_FAULT=nan:loss:N etc.
 
 
 def dev_evaluator(config: Config) -> STSEvaluator | None:
@@ -59,18 +67,23 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     t = config.train
     out = Path(t.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("final", "best"):  # a folder a killed run had moved aside for its replacement, back in place
+        recover_folder(out / name)
+    for stale in ckpt.remove_stale_files(out):
+        log.info("removed %s (left by an interrupted write)", stale)
     torch.manual_seed(t.seed)
 
     # Data first: bad files fail before the model loads.
     triplets, cleaning = load_triplets(config.data, resolve_data_dir(config.data.data_dir), blocked_sentences(config),
                                        t.hard_negatives)
     log.info("training data: %s", cleaning.summary())
-    (out / "data_report.json").write_text(json.dumps(cleaning.as_dict(), indent=2) + "\n")
+    write_text_atomically(out / "data_report.json", json.dumps(cleaning.as_dict(), indent=2) + "\n")
     evaluator = dev_evaluator(config)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text_atomically(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     # Model: base + LoRA (or the given adapter, trained further), a loss around it, AdamW over the trainable weights.
     # Quantised layers cannot train: an int8 option in the config applies to the run's evaluations only.
+    check_adapter_weights(config.model.adapter, config.model.allow_pickle)
     embedder = embedder or Embedder.from_config(replace(config.model, quantize=None), adapter="", precision=t.precision)
     prepare_for_training(embedder, config.lora, config.model.adapter, t.gradient_checkpointing)
     data = tokenize_triplets(embedder.tokenize, triplets, t.hard_negatives)
@@ -81,8 +94,10 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
                        loss_fn, optimizer)
     scheduler = cosine_with_warmup(optimizer, t.warmup_ratio, lambda: state.total_steps)
     flops_per_token = 4 * non_embedding_parameters(embedder.model)  # LoRA: forward 2N + input-grad backward 2N
+    bad = {"recent": [], "consecutive": 0, "skipped": 0}  # recent good losses (for spikes), bad-step counts
 
-    # Resume: adapter, optimiser, scheduler, RNG, step and best score from the newest checkpoint.
+    # Resume: adapter, optimiser, scheduler, RNG, step, best score and bad-step counts from the newest complete
+    # checkpoint (a truncated or corrupt one is skipped, with a warning naming it).
     latest = ckpt.latest_checkpoint(out) if t.resume else None
     if latest is not None:
         saved = ckpt.load_checkpoint(latest, embedder.model)
@@ -93,31 +108,59 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
         state.step, state.best = saved["step"], saved["best"]
         state.total_steps = saved.get("total_steps", state.total_steps)
         state.eval_steps = saved.get("eval_steps", state.eval_steps)
+        bad = saved.get("bad_loss", bad)
         log.info("resuming from %s (step %d)", latest, state.step)
+    elif t.resume:
+        log.info("no complete checkpoint in %s: training from the start", out / ckpt.CHECKPOINTS)
     metrics = MetricsLog(out / METRICS, state.step if latest is not None else None)
 
     def save(at_step: int) -> Path:
         saved = {"step": at_step, "total_steps": state.total_steps, "eval_steps": state.eval_steps,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loss": loss_fn.state_dict(),
-                 "rng": ckpt.rng_state(), "best": state.best}
+                 "rng": ckpt.rng_state(), "best": state.best, "bad_loss": bad}
         return ckpt.save_checkpoint(out, at_step, embedder.model, saved, t.save_total_limit)
+
+    def stop_on_bad_loss(problem: str, step: int) -> None:
+        """Policy `stop`, or `skip` with too many bad steps in a row: raise; otherwise count the skip."""
+        bad["consecutive"] += 1
+        last = ckpt.latest_checkpoint(out)
+        hint = ("Try a lower --lr, --precision fp32" + (", a larger --spike-factor" if "median" in problem else "")
+                + (" or --on-bad-loss skip." if t.on_bad_loss == "stop" else "."))
+        if t.on_bad_loss == "stop":
+            raise TrainingError(f"{problem} at step {step}; stopped. Last good checkpoint: {last or 'none'}. {hint}")
+        if bad["consecutive"] >= t.max_bad_steps:
+            raise TrainingError(f"{bad['consecutive']} bad steps in a row (the last: {problem} at step {step}); "
+                                f"stopped. Last good checkpoint: {last or 'none'}. {hint}")
+        bad["skipped"] += 1
+        log.warning("step %d skipped: %s (%d skipped so far, %d in a row)", step, problem, bad["skipped"],
+                    bad["consecutive"])
 
     for callback in callbacks:
         callback.on_train_start(state)
     bar = tqdm(total=state.total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True)
-    with stop_requests() as signals, embedder.backend.training_attention(embedder.model):
+    # The bar closes however the loop ends, so that an error prints on a line of its own.
+    with stop_requests() as signals, embedder.backend.training_attention(embedder.model), storage_hint(out, state), bar:
         while state.step < state.total_steps:
             batch = data.batch(batch_rows(state.step, len(data), t.batch_size, t.seed))
             started = time.perf_counter()
             loss = loss_fn(batch)
-            if not torch.isfinite(loss):
-                last = ckpt.latest_checkpoint(out)
-                raise TrainingError(f"loss is {loss.item()} at step {state.step + 1}; stopped. Last good checkpoint: "
-                                    f"{last or 'none'}. Try a lower --lr or --precision fp32.")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-            optimizer.step()
-            loss_fn.clamp_temperature()
+            injected = fault("loss", state.step + 1)
+            if injected in INJECTED_LOSS:
+                loss = loss * INJECTED_LOSS[injected]
+            # A bad step (NaN/inf loss or gradient, a spike) changes no weight: stop, or skip its update.
+            problem = loss_problem(loss.item(), bad["recent"], t.spike_factor)
+            if problem is None:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    problem = f"the gradient norm is {grad_norm.item()}"
+            if problem is None:
+                optimizer.step()
+                loss_fn.clamp_temperature()
+                bad["consecutive"] = 0
+                bad["recent"] = (bad["recent"] + [loss.item()])[-SPIKE_WINDOW:]
+            else:
+                stop_on_bad_loss(problem, state.step + 1)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -125,16 +168,22 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
             embedder.backend.synchronize()
             seconds = time.perf_counter() - started
             tokens_per_s = batch.n_tokens / seconds
-            event = {"step": state.step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0],
-                     "tokens_per_s": round(tokens_per_s, 1), "seconds": round(seconds, 3),
-                     "gflops": round(flops_per_token * tokens_per_s / 1e9, 1), "peak_rss_gb": round(peak_rss_gb(), 3)}
+            if problem is None:
+                event = {"step": state.step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0],
+                         "tokens_per_s": round(tokens_per_s, 1), "seconds": round(seconds, 3),
+                         "gflops": round(flops_per_token * tokens_per_s / 1e9, 1),
+                         "peak_rss_gb": round(peak_rss_gb(), 3)}
+            else:  # no "loss" key: readers of the loss curve pass over skipped steps
+                event = {"step": state.step, "skipped": problem, "lr": scheduler.get_last_lr()[0],
+                         "seconds": round(seconds, 3)}
             if t.learnable_temperature:
                 event["temperature"] = round(loss_fn.temperature.item(), 5)
             metrics.write(event)
             for callback in callbacks:
                 callback.on_step_end(state, event)
             bar.total = state.total_steps  # a callback may have resized the run (e.g. a time budget)
-            bar.set_postfix(loss=f"{event['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
+            if problem is None:
+                bar.set_postfix(loss=f"{event['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
             bar.update(1)
 
             last_step = state.step == state.total_steps
@@ -146,7 +195,7 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
                 bar.write(f"step {state.step}: STSBenchmark dev Spearman {score:.2f}")
                 if state.best["score"] is None or score > state.best["score"]:
                     state.best = {"step": state.step, "score": score}
-                    ckpt.save_adapter_atomically(embedder.model, out / "best")
+                    ckpt.save_adapter_atomically(embedder.model, out / "best", "best")
                 for callback in callbacks:
                     callback.on_evaluate(state, event)
             if state.step % t.save_steps == 0 or last_step or signals["stop"]:
@@ -155,11 +204,38 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
                 bar.close()
                 raise TrainingStopped(f"stopped by signal at step {state.step}; checkpoint saved in "
                                       f"{out / ckpt.CHECKPOINTS}; continue with --resume")
+            fault("step", state.step)  # EMBEDTUNE_FAULT=kill:step:N kills the process here, after step N
     bar.close()
+    if bad["skipped"]:
+        log.warning("%d steps were skipped for a bad loss (metrics.jsonl marks them \"skipped\")", bad["skipped"])
 
-    final = ckpt.save_adapter_atomically(embedder.model, out / "final")
-    (out / "best.json").write_text(json.dumps(state.best) + "\n")
+    with storage_hint(out, state):
+        final = ckpt.save_adapter_atomically(embedder.model, out / "final", "final")
+        write_text_atomically(out / "best.json", json.dumps(state.best) + "\n")
     plot_training(out / METRICS, out)
     for callback in callbacks:
         callback.on_train_end(state, final)
     return final
+
+
+def loss_problem(loss: float, recent: list[float], spike_factor: float | None) -> str | None:
+    """What is wrong with this step's loss (non-finite, or above spike_factor x the running median of the recent
+    good losses), or None."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if spike_factor is not None and len(recent) >= SPIKE_MIN_HISTORY:
+        median = statistics.median(recent)
+        if loss > spike_factor * median:
+            return f"loss {loss:.4g} is above {spike_factor:g} x the running median {median:.4g}"
+    return None
+
+
+@contextmanager
+def storage_hint(out: Path, state: TrainState) -> Iterator[None]:
+    """A write that failed for lack of room or permission: say where training stands and how to go on."""
+    try:
+        yield
+    except StorageError as err:
+        last = ckpt.latest_checkpoint(out)
+        raise StorageError(f"{err}; training stopped at step {state.step}, last good checkpoint: {last or 'none'}; "
+                           "make room and continue with --resume", err.errno, err.filename) from None
