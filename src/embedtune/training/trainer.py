@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +20,7 @@ from embedtune.config import Config
 from embedtune.data.nli import evaluation_sentences, load_triplets
 from embedtune.data.sampling import batch_rows, tokenize_triplets, total_steps
 from embedtune.data.sts import STS_TASKS, resolve_data_dir, resolve_tasks
-from embedtune.errors import StorageError, TrainingError, TrainingStopped
+from embedtune.errors import StorageError, TrainingStopped
 from embedtune.evaluation.diagnostics import warn_if_anisotropic
 from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
@@ -33,13 +31,12 @@ from embedtune.models.loading import check_adapter_weights
 from embedtune.models.lora import prepare_for_training
 from embedtune.training import checkpoint as ckpt
 from embedtune.training.callbacks import Callback, TrainState
+from embedtune.training.guard import LossGuard
 from embedtune.training.metrics import METRICS, MetricsLog, non_embedding_parameters, peak_rss_gb
 from embedtune.training.optim import build_optimizer, cosine_with_warmup, stop_requests
 
 log = logging.getLogger(__name__)
 __all__ = ["METRICS", "Callback", "TrainState", "dev_evaluator", "train"]
-SPIKE_WINDOW = 50  # good losses the running median of --spike-factor is taken over
-SPIKE_MIN_HISTORY = 5  # good losses needed before spikes are judged at all
 INJECTED_LOSS = {"nan": float("nan"), "inf": float("inf"), "spike": 1000.0}  # EMBEDTUNE_FAULT=nan:loss:N etc.
 
 
@@ -65,12 +62,7 @@ def blocked_sentences(config: Config) -> set[str] | None:
 def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[Callback] = ()) -> Path:
     """Train LoRA adapters contrastively; returns OUTPUT/final (the final adapter)."""
     t = config.train
-    out = Path(t.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("final", "best"):  # a folder a killed run had moved aside for its replacement, back in place
-        recover_folder(out / name)
-    for stale in ckpt.remove_stale_files(out):
-        log.info("removed %s (left by an interrupted write)", stale)
+    out = prepare_output_dir(Path(t.output_dir))
     torch.manual_seed(t.seed)
 
     # Data first: bad files fail before the model loads.
@@ -93,47 +85,16 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     state = TrainState(out, 0, total_steps(len(data), t.batch_size, t.epochs, t.max_steps), t.eval_steps, embedder,
                        loss_fn, optimizer)
     scheduler = cosine_with_warmup(optimizer, t.warmup_ratio, lambda: state.total_steps)
+    guard = LossGuard(t.on_bad_loss, t.max_bad_steps, t.spike_factor)
     flops_per_token = 4 * non_embedding_parameters(embedder.model)  # LoRA: forward 2N + input-grad backward 2N
-    bad = {"recent": [], "consecutive": 0, "skipped": 0}  # recent good losses (for spikes), bad-step counts
-
-    # Resume: adapter, optimiser, scheduler, RNG, step, best score and bad-step counts from the newest complete
-    # checkpoint (a truncated or corrupt one is skipped, with a warning naming it).
-    latest = ckpt.latest_checkpoint(out) if t.resume else None
-    if latest is not None:
-        saved = ckpt.load_checkpoint(latest, embedder.model)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        loss_fn.load_state_dict(saved["loss"], strict=False)
-        ckpt.set_rng_state(saved["rng"])
-        state.step, state.best = saved["step"], saved["best"]
-        state.total_steps = saved.get("total_steps", state.total_steps)
-        state.eval_steps = saved.get("eval_steps", state.eval_steps)
-        bad = saved.get("bad_loss", bad)
-        log.info("resuming from %s (step %d)", latest, state.step)
-    elif t.resume:
-        log.info("no complete checkpoint in %s: training from the start", out / ckpt.CHECKPOINTS)
-    metrics = MetricsLog(out / METRICS, state.step if latest is not None else None)
+    resumed = resume(state, scheduler, guard) if t.resume else False
+    metrics = MetricsLog(out / METRICS, state.step if resumed else None)
 
     def save(at_step: int) -> Path:
         saved = {"step": at_step, "total_steps": state.total_steps, "eval_steps": state.eval_steps,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loss": loss_fn.state_dict(),
-                 "rng": ckpt.rng_state(), "best": state.best, "bad_loss": bad}
+                 "rng": ckpt.rng_state(), "best": state.best, "bad_loss": guard.state_dict()}
         return ckpt.save_checkpoint(out, at_step, embedder.model, saved, t.save_total_limit)
-
-    def stop_on_bad_loss(problem: str, step: int) -> None:
-        """Policy `stop`, or `skip` with too many bad steps in a row: raise; otherwise count the skip."""
-        bad["consecutive"] += 1
-        last = ckpt.latest_checkpoint(out)
-        hint = ("Try a lower --lr, --precision fp32" + (", a larger --spike-factor" if "median" in problem else "")
-                + (" or --on-bad-loss skip." if t.on_bad_loss == "stop" else "."))
-        if t.on_bad_loss == "stop":
-            raise TrainingError(f"{problem} at step {step}; stopped. Last good checkpoint: {last or 'none'}. {hint}")
-        if bad["consecutive"] >= t.max_bad_steps:
-            raise TrainingError(f"{bad['consecutive']} bad steps in a row (the last: {problem} at step {step}); "
-                                f"stopped. Last good checkpoint: {last or 'none'}. {hint}")
-        bad["skipped"] += 1
-        log.warning("step %d skipped: %s (%d skipped so far, %d in a row)", step, problem, bad["skipped"],
-                    bad["consecutive"])
 
     for callback in callbacks:
         callback.on_train_start(state)
@@ -143,39 +104,26 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
         while state.step < state.total_steps:
             batch = data.batch(batch_rows(state.step, len(data), t.batch_size, t.seed))
             started = time.perf_counter()
-            loss = loss_fn(batch)
-            injected = fault("loss", state.step + 1)
-            if injected in INJECTED_LOSS:
-                loss = loss * INJECTED_LOSS[injected]
+            loss = loss_fn(batch) * INJECTED_LOSS.get(fault("loss", state.step + 1), 1.0)
             # A bad step (NaN/inf loss or gradient, a spike) changes no weight: stop, or skip its update.
-            problem = loss_problem(loss.item(), bad["recent"], t.spike_factor)
+            problem = guard.problem(loss.item())
             if problem is None:
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                if not torch.isfinite(grad_norm):
-                    problem = f"the gradient norm is {grad_norm.item()}"
+                problem = None if torch.isfinite(grad_norm) else f"the gradient norm is {grad_norm.item()}"
             if problem is None:
                 optimizer.step()
                 loss_fn.clamp_temperature()
-                bad["consecutive"] = 0
-                bad["recent"] = (bad["recent"] + [loss.item()])[-SPIKE_WINDOW:]
+                guard.good(loss.item())
             else:
-                stop_on_bad_loss(problem, state.step + 1)
+                guard.bad(problem, state.step + 1, ckpt.latest_checkpoint(out))
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
 
             embedder.backend.synchronize()
-            seconds = time.perf_counter() - started
-            tokens_per_s = batch.n_tokens / seconds
-            if problem is None:
-                event = {"step": state.step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0],
-                         "tokens_per_s": round(tokens_per_s, 1), "seconds": round(seconds, 3),
-                         "gflops": round(flops_per_token * tokens_per_s / 1e9, 1),
-                         "peak_rss_gb": round(peak_rss_gb(), 3)}
-            else:  # no "loss" key: readers of the loss curve pass over skipped steps
-                event = {"step": state.step, "skipped": problem, "lr": scheduler.get_last_lr()[0],
-                         "seconds": round(seconds, 3)}
+            event = step_event(state.step, loss.item(), problem, time.perf_counter() - started, batch.n_tokens,
+                               flops_per_token, scheduler.get_last_lr()[0])
             if t.learnable_temperature:
                 event["temperature"] = round(loss_fn.temperature.item(), 5)
             metrics.write(event)
@@ -183,31 +131,20 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
                 callback.on_step_end(state, event)
             bar.total = state.total_steps  # a callback may have resized the run (e.g. a time budget)
             if problem is None:
-                bar.set_postfix(loss=f"{event['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
+                bar.set_postfix(loss=f"{event['loss']:.4f}", tok_s=f"{event['tokens_per_s']:.0f}")
             bar.update(1)
 
             last_step = state.step == state.total_steps
             if evaluator is not None and state.eval_steps and (state.step % state.eval_steps == 0 or last_step):
-                result = evaluator(embedder)
-                event = {"step": state.step, "eval": {k: v["spearman"] for k, v in result["tasks"].items()}}
-                metrics.write(event)
-                score = evaluator.primary_score(result)
-                bar.write(f"step {state.step}: STSBenchmark dev Spearman {score:.2f}")
-                if state.best["score"] is None or score > state.best["score"]:
-                    state.best = {"step": state.step, "score": score}
-                    ckpt.save_adapter_atomically(embedder.model, out / "best", "best")
-                for callback in callbacks:
-                    callback.on_evaluate(state, event)
+                evaluate_dev(evaluator, state, metrics, callbacks, bar.write)
             if state.step % t.save_steps == 0 or last_step or signals["stop"]:
                 save(state.step)
             if signals["stop"]:
-                bar.close()
                 raise TrainingStopped(f"stopped by signal at step {state.step}; checkpoint saved in "
                                       f"{out / ckpt.CHECKPOINTS}; continue with --resume")
             fault("step", state.step)  # EMBEDTUNE_FAULT=kill:step:N kills the process here, after step N
-    bar.close()
-    if bad["skipped"]:
-        log.warning("%d steps were skipped for a bad loss (metrics.jsonl marks them \"skipped\")", bad["skipped"])
+    if guard.skipped:
+        log.warning("%d steps were skipped for a bad loss (metrics.jsonl marks them \"skipped\")", guard.skipped)
 
     with storage_hint(out, state):
         final = ckpt.save_adapter_atomically(embedder.model, out / "final", "final")
@@ -218,16 +155,61 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     return final
 
 
-def loss_problem(loss: float, recent: list[float], spike_factor: float | None) -> str | None:
-    """What is wrong with this step's loss (non-finite, or above spike_factor x the running median of the recent
-    good losses), or None."""
-    if not math.isfinite(loss):
-        return f"loss is {loss}"
-    if spike_factor is not None and len(recent) >= SPIKE_MIN_HISTORY:
-        median = statistics.median(recent)
-        if loss > spike_factor * median:
-            return f"loss {loss:.4g} is above {spike_factor:g} x the running median {median:.4g}"
-    return None
+def prepare_output_dir(out: Path) -> Path:
+    """The output folder, with what a killed run left half-done put right."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("final", "best"):  # a folder a killed run had moved aside for its replacement, back in place
+        recover_folder(out / name)
+    for stale in ckpt.remove_stale_files(out):
+        log.info("removed %s (left by an interrupted write)", stale)
+    return out
+
+
+def resume(state: TrainState, scheduler, guard: LossGuard) -> bool:
+    """Adapter, optimiser, scheduler, RNG, step, best score and bad-step counts from the newest complete checkpoint
+    (a truncated or corrupt one is skipped, with a warning naming it); False when there is none."""
+    latest = ckpt.latest_checkpoint(state.output_dir)
+    if latest is None:
+        log.info("no complete checkpoint in %s: training from the start", state.output_dir / ckpt.CHECKPOINTS)
+        return False
+    saved = ckpt.load_checkpoint(latest, state.embedder.model)
+    state.optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    state.loss_fn.load_state_dict(saved["loss"], strict=False)
+    ckpt.set_rng_state(saved["rng"])
+    state.step, state.best = saved["step"], saved["best"]
+    state.total_steps = saved.get("total_steps", state.total_steps)
+    state.eval_steps = saved.get("eval_steps", state.eval_steps)
+    if "bad_loss" in saved:
+        guard.load_state_dict(saved["bad_loss"])
+    log.info("resuming from %s (step %d)", latest, state.step)
+    return True
+
+
+def step_event(step: int, loss: float, problem: str | None, seconds: float, n_tokens: int, flops_per_token: int,
+               lr: float) -> dict:
+    """One step's line in metrics.jsonl; a skipped step has no "loss", so loss curves pass over it."""
+    if problem is not None:
+        return {"step": step, "skipped": problem, "lr": lr, "seconds": round(seconds, 3)}
+    tokens_per_s = n_tokens / seconds
+    return {"step": step, "loss": round(loss, 6), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+            "seconds": round(seconds, 3), "gflops": round(flops_per_token * tokens_per_s / 1e9, 1),
+            "peak_rss_gb": round(peak_rss_gb(), 3)}
+
+
+def evaluate_dev(evaluator: STSEvaluator, state: TrainState, metrics: MetricsLog, callbacks: Sequence[Callback],
+                 say) -> None:
+    """Dev evaluation by the evaluator's primary metric; a new best adapter is kept in OUTPUT/best."""
+    result = evaluator(state.embedder)
+    event = {"step": state.step, "eval": {k: v["spearman"] for k, v in result["tasks"].items()}}
+    metrics.write(event)
+    score = evaluator.primary_score(result)
+    say(f"step {state.step}: STSBenchmark dev Spearman {score:.2f}")
+    if state.best["score"] is None or score > state.best["score"]:
+        state.best = {"step": state.step, "score": score}
+        ckpt.save_adapter_atomically(state.embedder.model, state.output_dir / "best", "best")
+    for callback in callbacks:
+        callback.on_evaluate(state, event)
 
 
 @contextmanager
