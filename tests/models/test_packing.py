@@ -52,7 +52,11 @@ def test_tail_padding_changes_no_vector_and_no_gradient(tiny_arch_dir):
     (plain, plain_grads, n_plain), (padded, padded_grads, n_padded) = results
     assert n_padded == 64 and n_plain < 64
     assert torch.allclose(plain, padded, atol=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain_grads, padded_grads, strict=True))
+    # Relative to the gradients' scale: summation order differs between CPUs' kernels (AVX2, AVX-512, AMX, ARM). With
+    # oneDNN limited to AVX2, near-zero gradients of the tiny Gemma differed by ~2e-5 absolute (1e-5 of the largest);
+    # a tail leaking into attention changes them by the order of the gradients themselves.
+    scale = max(float(b.abs().max()) for b in padded_grads)
+    assert all(float((a - b).abs().max()) <= 1e-4 * scale for a, b in zip(plain_grads, padded_grads, strict=True))
 
 
 def test_packed_vectors_equal_padded_ones_and_the_config_is_restored(tiny_arch_dir, tiny_device):
