@@ -111,8 +111,8 @@ def parse_request(raw: bytes, limits: ServeLimits, dimensions: int) -> tuple[lis
     if not items:
         raise ApiError(400, "'input' must not be empty", param="input", code="empty_input")
     if len(items) > limits.max_items:
-        raise ApiError(400, f"'input' has {len(items)} items; this server takes at most {limits.max_items}",
-                       param="input", code="too_many_items")
+        raise ApiError(413, f"request too large: 'input' has {len(items)} items; this server takes at most "
+                            f"{limits.max_items}", param="input", code="too_many_items")
     for i, item in enumerate(items):
         if not isinstance(item, str):
             token_ids = isinstance(item, (int, list)) and not isinstance(item, bool)
@@ -320,12 +320,7 @@ class EmbeddingService:
     def prepare(self, raw: bytes) -> tuple[list[list[int]], str]:
         """Token ids and encoding format of a request body, checked (off the event loop: a 4 MiB body takes
         tens of milliseconds to parse)."""
-        try:
-            texts, encoding = parse_request(raw, self.limits, self.dimensions)
-        except ApiError as err:
-            if err.code == "too_many_items" and err.status != 413:  # too large, like too many tokens or bytes
-                raise ApiError(413, f"request too large: {err.message}", param=err.param, code=err.code) from None
-            raise
+        texts, encoding = parse_request(raw, self.limits, self.dimensions)
         return self.tokenize(texts), encoding
 
     def response(self, vectors: np.ndarray, tokens: int, encoding: str) -> bytes:

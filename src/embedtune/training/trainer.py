@@ -104,7 +104,10 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
         while state.step < state.total_steps:
             batch = data.batch(batch_rows(state.step, len(data), t.batch_size, t.seed))
             started = time.perf_counter()
-            loss = loss_fn(batch) * INJECTED_LOSS.get(fault("loss", state.step + 1), 1.0)
+            loss = loss_fn(batch)
+            injected = fault("loss", state.step + 1)  # EMBEDTUNE_FAULT=nan:loss:N etc., for the fault tests
+            if injected in INJECTED_LOSS:
+                loss = loss * INJECTED_LOSS[injected]
             # A bad step (NaN/inf loss or gradient, a spike) changes no weight: stop, or skip its update.
             problem = guard.problem(loss.item())
             if problem is None:
