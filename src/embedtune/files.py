@@ -22,6 +22,7 @@ before the new one took its place), `enospc`/`erofs`/`eacces`/`eio` (that OSErro
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -257,6 +258,17 @@ def free_space(path: str | Path) -> str:
             return f"{free} B" if unit == "B" else f"{free:.1f} {unit}"
         free /= 1024
     return f"{free:.1f} TiB"  # unreachable
+
+
+def read_json_or(path: str | Path, default=None):
+    """A small side file's JSON, or `default` ({} unless given) when it is absent, unreadable or of another type:
+    a broken side file (an export's settings, a run's report) must not stop a load or an export."""
+    default = {} if default is None else default
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    return value if isinstance(value, type(default)) else default
 
 
 # ---- fault injection ------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ still has its stage files base.json and tuned.json. Explicit `card_info` entries
 """
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from embedtune.config import Config
+from embedtune.files import read_json_or
 from embedtune.models.loading import MERGED_FORMAT, display_name
 
 RUN_REPORT = "report.json"
@@ -38,14 +38,14 @@ def discover_card_info(adapter: str | Path | None) -> dict:
 def run_info(folder: Path) -> dict:
     """Scores from a run folder's report.json (else its stage files) and its training config.json."""
     info: dict[str, Any] = {}
-    report = _read_json(folder / RUN_REPORT)
+    report = read_json_or(folder / RUN_REPORT)
     for key, report_key in REPORT_KEYS.items():
         result = report.get(report_key)
         if not is_eval_result(result):
-            result = _read_json(folder / STAGE_RESULTS[key])
+            result = read_json_or(folder / STAGE_RESULTS[key])
         if is_eval_result(result):
             info[key] = result
-    config = _read_json(folder / RUN_CONFIG)
+    config = read_json_or(folder / RUN_CONFIG)
     if is_run_config(config):
         info["config"] = config
     return info
@@ -60,15 +60,6 @@ def is_run_config(value: Any) -> bool:
     """A training config.json (embedtune's sections), not a Hugging Face model config of the same name."""
     return (isinstance(value, dict) and bool(value) and set(value) <= CONFIG_SECTIONS
             and all(isinstance(section, dict) for section in value.values()))
-
-
-def _read_json(path: Path) -> dict:
-    """A side file as a dict; {} when absent or broken (a broken side file must not stop an export)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 # ---- the card ----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from embedtune.errors import ModelError
-from embedtune.files import exclusive, remove_temporaries, write_folder_atomically
+from embedtune.files import exclusive, read_json_or, remove_temporaries, write_folder_atomically
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def saved_settings(source: ModelSource) -> dict:
         return {}
     folder = Path(source.location)
     settings = _sentence_transformers_settings(folder)
-    export_info = _read_json(folder / EXPORT_INFO_FILE)
+    export_info = read_json_or(folder / EXPORT_INFO_FILE)
     settings |= _export_info_settings(export_info)
     if export_info.get("format") == MERGED_FORMAT and export_info.get("prompt"):
         settings["prompt"] = ""
@@ -151,7 +151,7 @@ def adapter_settings(adapter: str | Path | None) -> dict:
     defaults when that adapter is loaded onto its base: the adapter was trained with them."""
     if not adapter:
         return {}
-    return _export_info_settings(_read_json(Path(adapter).expanduser() / EXPORT_INFO_FILE))
+    return _export_info_settings(read_json_or(Path(adapter).expanduser() / EXPORT_INFO_FILE))
 
 
 def _export_info_settings(export_info: dict) -> dict:
@@ -169,19 +169,19 @@ def _export_info_settings(export_info: dict) -> dict:
 def _sentence_transformers_settings(folder: Path) -> dict:
     """Pooling and max length of a sentence-transformers folder, in the old (boolean pooling flags,
     sentence_bert_config.json max_seq_length) and new (pooling_mode, tokenizer model_max_length) formats."""
-    modules = _read_json(folder / "modules.json", default=[])
+    modules = read_json_or(folder / "modules.json", default=[])
     if not modules:
         return {}
     settings: dict = {}
     pooling_path = next((m.get("path") for m in modules if isinstance(m, dict)
                          and str(m.get("type", "")).endswith("Pooling")), None)
     if pooling_path:
-        pooling = _st_pooling(_read_json(folder / pooling_path / "config.json"))
+        pooling = _st_pooling(read_json_or(folder / pooling_path / "config.json"))
         if pooling:
             settings["pooling"] = pooling
-    length = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+    length = read_json_or(folder / "sentence_bert_config.json").get("max_seq_length")
     if not _is_length(length):
-        length = _read_json(folder / "tokenizer_config.json").get("model_max_length")
+        length = read_json_or(folder / "tokenizer_config.json").get("model_max_length")
     if _is_length(length) and length < _NO_LENGTH:
         settings["max_length"] = length
     return settings
@@ -203,16 +203,6 @@ def _st_pooling(config: dict) -> str | None:
 
 def _is_length(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 2
-
-
-def _read_json(path: Path, default=None):
-    """A small side file's JSON, or `default` ({} unless given) when it is absent or unreadable."""
-    default = {} if default is None else default
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-    return value if isinstance(value, type(default)) else default
 
 
 def gguf_architecture(path: Path) -> str:
