@@ -87,6 +87,9 @@ class TrainConfig:
     packing: bool = True  # causal decoders: pack texts into rows without padding (models/packing.py)
     loss: str = "infonce"  # infonce | cached (GradCache: one mini-batch's activations at a time, ~1 extra forward)
     mini_batch_tokens: int = 1024  # cached loss: tokens per mini-batch
+    # Across ranks: other ranks' candidates gathered with gradient (exact: the single-process gradient), or
+    # without (cheaper backward; each rank's candidates then get only its own anchors' gradient).
+    gather_with_grad: bool = True
     log_steps: int = 1
     time_budget: str | None = None  # `run` only: e.g. '20m', '1h30m'; sizes steps and dev evaluation to fit
     select: str = "best"  # `run` only: best (by dev score; final when no dev evaluation ran) | final

@@ -72,7 +72,8 @@ def test_checkpoints_keep_the_last_k_and_final_adapter_exists(tiny_model_dir, ti
     state = torch.load(out / "checkpoints" / "step-0000006" / "state.pt", weights_only=True)
     assert state["step"] == 6
     assert set(state) == {"step", "total_steps", "eval_steps", "optimizer", "scheduler", "loss", "rng", "best",
-                          "bad_loss"}
+                          "bad_loss", "world_size", "rng_per_rank"}
+    assert state["world_size"] == 1 and len(state["rng_per_rank"]) == 1
 
 
 def test_metrics_and_dev_evaluation(tiny_model_dir, tiny_data_dir, tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from embedtune.data.sts import STSData, load_sts, resolve_data_dir, resolve_tasks
+from embedtune.distributed import encode_across_ranks, is_main
 from embedtune.models.embedder import Embedder
 
 
@@ -51,6 +52,9 @@ class STSEvaluator:
     show_progress: bool = True
     name_suffix: str = ""
     primary_metric: str = "average"
+    # Under torchrun: every rank encodes a share of the sentences and all get all vectors (same scores as one
+    # process). Off for an evaluation that rank 0 runs alone (the dev evaluation inside training).
+    across_ranks: bool = True
     unique_sentences: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,8 +81,13 @@ class STSEvaluator:
 
     def __call__(self, embedder: Embedder) -> dict:
         start = time.perf_counter()
-        vectors = embedder.encode(self.unique_sentences, batch_size=self.batch_size, show_progress=self.show_progress,
-                                  desc=f"encoding {len(self.unique_sentences)} unique sentences")
+
+        def encode(texts: list[str]) -> np.ndarray:
+            return embedder.encode(texts, batch_size=self.batch_size, show_progress=self.show_progress and is_main(),
+                                   desc=f"encoding {len(texts)} unique sentences")
+
+        vectors = encode_across_ranks(encode, self.unique_sentences) if self.across_ranks else encode(
+            self.unique_sentences)
         row = {text: i for i, text in enumerate(self.unique_sentences)}
         tasks = {}
         for data in self.datasets:

@@ -7,6 +7,7 @@ Loss and gradients equal the plain InfoNCELoss; memory holds one chunk's activat
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -36,6 +37,9 @@ class CachedInfoNCELoss(InfoNCELoss):
         self.mini_batch_tokens = mini_batch_tokens
         # Gives autograd a reason to call _ReplayChunks.backward; its own gradient is always zero.
         self._anchor = torch.zeros((), requires_grad=True)
+        # Across ranks the trainer sets this to the engine's no_sync: every replayed chunk but the last skips
+        # the gradient all-reduce, which then runs once over the accumulated gradients.
+        self.chunk_sync: Callable[[bool], contextlib.AbstractContextManager] = lambda skip: contextlib.nullcontext()
 
     def embed_chunk(self, ids: list[list[int]]) -> torch.Tensor:
         """One mini-batch (its real tokens fit the budget), the same call in both passes."""
@@ -52,10 +56,11 @@ class CachedInfoNCELoss(InfoNCELoss):
 
         def replay(grad: torch.Tensor) -> None:
             start = 0
-            for chunk, state in zip(chunks, rng_states, strict=True):
+            for number, (chunk, state) in enumerate(zip(chunks, rng_states, strict=True)):
                 _set_rng_state(state)
-                vectors = self.embed_chunk([unique[i] for i in chunk])
-                vectors.backward(grad[start:start + len(chunk)])
+                with self.chunk_sync(number < len(chunks) - 1):
+                    vectors = self.embed_chunk([unique[i] for i in chunk])
+                    vectors.backward(grad[start:start + len(chunk)])
                 start += len(chunk)
 
         return _ReplayChunks.apply(self._anchor, cached, replay)[restore_order(chunks)]

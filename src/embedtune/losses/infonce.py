@@ -63,7 +63,7 @@ class InfoNCELoss(nn.Module):
     """
 
     def __init__(self, embedder: Embedder, temperature: float = 0.05, learnable_temperature: bool = False,
-                 hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = False,
+                 hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = True,
                  packing: bool = True):
         super().__init__()
         self.embedder = embedder

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from embedtune.config import DEVICES, PRECISIONS, is_device
+from embedtune.distributed import join, launched_ranks, same_on_every_rank
 from embedtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,25 @@ class Backend:
             return cls(resolved, dtype, fuse_gemma=True, compile_kernels=compiling_enabled(),
                        short_text_attention=True, shared_dropout=True)
         return cls(resolved, dtype)
+
+    @classmethod
+    def for_launch(cls, device: str | torch.device | None = "auto", precision: str = "auto") -> Backend:
+        """`for_device` for this process of a launched run (torchrun, accelerate launch): each rank on its own GPU
+        (cuda:LOCAL_RANK), in the process group, and one precision for all ranks (rank 0's probe decides: ranks
+        probing alone under load could choose differently). One process: exactly `for_device`."""
+        ranks = launched_ranks()
+        if not ranks.distributed:
+            return cls.for_device(device, precision)
+        resolved = resolve_device(device)
+        if resolved.type == "cuda" and resolved.index is None:
+            resolved = torch.device("cuda", ranks.local_rank)
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        join(resolved)
+        if precision == "auto":
+            probed = resolve_dtype(precision, resolved) if ranks.is_main else None
+            precision = {torch.float32: "fp32", torch.bfloat16: "bf16"}[same_on_every_rank(probed)[0]]
+        return cls.for_device(resolved, precision)
 
     @property
     def name(self) -> str:

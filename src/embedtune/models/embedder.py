@@ -120,6 +120,9 @@ class Embedder:
         if quantize:
             self.model = _quantize_linear_layers(self.model, self.backend)
         self.pad_id = _pad_id(tokenizer)
+        # Set by distributed training to the model as DDP/FSDP wraps it: forwards that build a graph must go
+        # through the wrapper (its gradient hooks); inference and no-grad passes use the plain model.
+        self.training_module: torch.nn.Module | None = None
         self._packing_ok: bool | None = None
         config = self.model.config
         self.causal = self.pooling == "eos" and config.model_type not in ENCODER_MODEL_TYPES and not (
@@ -199,7 +202,7 @@ class Embedder:
             # needed, and without one SDPA takes its is_causal kernels instead of a materialised mask.
             inputs = {"input_ids": batch["input_ids"]}
         with self.backend.autocast():
-            hidden = self.model(**inputs).last_hidden_state
+            hidden = self.forward_module(**inputs).last_hidden_state
         return F.normalize(pool(hidden.float(), mask, self.pooling), dim=-1)
 
     def embed_tokens(self, ids: Sequence[Sequence[int]], max_tokens: int = 4096, packing: bool = True) -> torch.Tensor:
@@ -228,9 +231,16 @@ class Embedder:
         """Pooled, L2-normalised fp32 vectors of one packed row's texts, in row order."""
         packing = packing.to(self.device)
         with self.backend.autocast(), packed_attention(self.model):
-            hidden = self.model(input_ids=packing.input_ids, position_ids=packing.position_ids,
-                                use_cache=False, packing=packing).last_hidden_state
+            hidden = self.forward_module(input_ids=packing.input_ids, position_ids=packing.position_ids,
+                                         use_cache=False, packing=packing).last_hidden_state
         return F.normalize(hidden[0, packing.last_index].float(), dim=-1)
+
+    @property
+    def forward_module(self) -> torch.nn.Module:
+        """The module a forward call goes through: the training wrapper when grad is on, else the model."""
+        if self.training_module is not None and torch.is_grad_enabled():
+            return self.training_module
+        return self.model
 
     @property
     def packable(self) -> bool:

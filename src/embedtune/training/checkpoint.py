@@ -51,14 +51,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def save_adapter_atomically(model, target: Path, kind: str | None = None) -> Path:
-    """Write a peft adapter folder under a temporary name, then rename it into place."""
-    return write_folder_atomically(target, model.save_pretrained, kind)
+def save_adapter_atomically(model, target: Path, kind: str | None = None,
+                            weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a peft adapter folder under a temporary name, then rename it into place. `weights`: the full
+    model state where an engine (FSDP, ZeRO-3) shards it, gathered by the caller; peft keeps the adapter's."""
+    return write_folder_atomically(target, lambda folder: model.save_pretrained(folder, state_dict=weights), kind)
 
 
-def save_checkpoint(output_dir: Path, step: int, model, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(output_dir: Path, step: int, model, state: dict[str, Any], keep: int,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     def write(folder: Path) -> None:
-        model.save_pretrained(folder / ADAPTER_DIR)
+        model.save_pretrained(folder / ADAPTER_DIR, state_dict=weights)
         buffer = io.BytesIO()  # through Python's own file writes: a full disk is then an OSError, not torch's
         torch.save(state, buffer)  # "unexpected pos" RuntimeError
         (folder / STATE_FILE).write_bytes(buffer.getbuffer())

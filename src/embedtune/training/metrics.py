@@ -31,8 +31,11 @@ def non_embedding_parameters(model: torch.nn.Module) -> int:
 class MetricsLog:
     """metrics.jsonl: one JSON object per event, appended and flushed so that a crash loses nothing."""
 
-    def __init__(self, path: Path, resume_step: int | None):
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
         self.path = path
+        self.enabled = enabled  # off on ranks other than 0, which never write into the output folder
+        if not enabled:
+            return
         if resume_step is None:
             write_text_atomically(path, "")
         else:  # drop events from after the checkpoint we resume from: they will be logged again
@@ -41,6 +44,8 @@ class MetricsLog:
             write_text_atomically(path, "".join(line + "\n" for line in kept))
 
     def write(self, event: dict) -> None:
+        if not self.enabled:
+            return
         try:
             with self.path.open("a") as f:
                 f.write(json.dumps(event) + "\n")

@@ -1,0 +1,95 @@
+"""How a step's backward, gradient clipping and weight access run: plain torch in one process, accelerate's
+DDP / FSDP / DeepSpeed (chosen by `accelerate launch --config_file`, DDP under plain torchrun) across ranks.
+
+Exactness across ranks rests on three things, each checked by tests/training/test_distributed.py:
+- each rank's loss is the mean over its own anchors against every rank's candidates, gathered with gradient
+  (losses/infonce.py); the gather's backward sums the other ranks' gradients into each rank's candidates;
+- the engine averages parameter gradients over ranks, so the result is the gradient of the global mean loss,
+  equal to one process's on the same global batch (not 1/K of it), and clipping sees the same norm;
+- parameters outside the wrapped model (a learnable temperature) are averaged here, the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from embedtune.distributed import Ranks, average_gradients, engine
+from embedtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def shards_weights(ranks: Ranks) -> bool:
+    """FSDP and DeepSpeed ZeRO-3 split the weights themselves across ranks: no rank holds the whole model."""
+    if not ranks.distributed:
+        return False
+    chosen = engine()
+    return chosen == "fsdp" or (chosen == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+
+
+class Engine:
+    """One process: the model itself. Several: the model as accelerate prepared it, and its optimizer."""
+
+    def __init__(self, ranks: Ranks, model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator=None,
+                 wrapped: torch.nn.Module | None = None):
+        self.ranks = ranks
+        self.model = model
+        self.optimizer = optimizer
+        self.accelerator = accelerator
+        self.wrapped = wrapped if wrapped is not None else model
+
+    @classmethod
+    def create(cls, ranks: Ranks, embedder, optimizer: torch.optim.Optimizer) -> Engine:
+        """Wrap the embedder's model for the launch (and point its graph-building forwards at the wrapper)."""
+        if not ranks.distributed:
+            return cls(ranks, embedder.model, optimizer)
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # Buffers (rotary tables) never change, and ranks run different numbers of forwards per step (their
+        # slices dedupe to different numbers of texts): a buffer broadcast per forward would mismatch.
+        handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)]
+        accelerator = Accelerator(cpu=embedder.device.type == "cpu", kwargs_handlers=handlers)
+        wrapped, prepared = accelerator.prepare(embedder.model, optimizer)
+        embedder.training_module = wrapped
+        log.info("rank %d of %d: %s engine on %s", ranks.rank, ranks.world_size, engine(), embedder.device)
+        return cls(ranks, embedder.model, prepared, accelerator, wrapped)
+
+    def backward(self, loss: torch.Tensor, loss_parameters: Sequence[torch.nn.Parameter]) -> None:
+        if self.accelerator is None:
+            loss.backward()
+            return
+        self.accelerator.backward(loss)
+        average_gradients(loss_parameters)
+
+    def clip(self, parameters: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        if self.accelerator is None:
+            return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        return self.accelerator.clip_grad_norm_(parameters, max_norm)
+
+    @contextlib.contextmanager
+    def no_sync(self, skip: bool) -> Iterator[None]:
+        """Forward + backward of one GradCache chunk; all but the last skip the gradient all-reduce."""
+        if skip and self.accelerator is not None and hasattr(self.wrapped, "no_sync"):
+            with self.wrapped.no_sync():
+                yield
+        else:
+            yield
+
+    def adapter_state(self) -> dict[str, torch.Tensor] | None:
+        """Full model weights where the engine shards them (every rank must call: it is a collective)."""
+        if not shards_weights(self.ranks):
+            return None
+        return self.accelerator.get_state_dict(self.wrapped)
+
+
+def check_engine_supports(ranks: Ranks, eval_steps: int) -> None:
+    """What a sharding engine cannot do here, refused before the model loads."""
+    if shards_weights(ranks) and eval_steps:
+        raise ConfigError(f"dev evaluation runs on rank 0 alone and {engine()} shards the weights across ranks: "
+                          "pass --eval-steps 0 and evaluate the saved adapter with `embedtune eval`")
+
