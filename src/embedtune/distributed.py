@@ -82,11 +82,57 @@ def check_launch(batch_size: int | None = None) -> Ranks:
         raise ConfigError(f"--batch-size {batch_size} is the global batch and must be divisible by the world size "
                           f"{ranks.world_size} (each rank takes an equal slice); try "
                           f"{max(ranks.world_size, batch_size // ranks.world_size * ranks.world_size)}")
-    chosen = engine()
-    if ranks.distributed and chosen in ENGINE_PACKAGES and importlib.util.find_spec(chosen) is None:
+    if ranks.distributed:
+        check_engine_available(engine())
+    return ranks
+
+
+def check_engine_available(chosen: str) -> None:
+    """DeepSpeed installed where asked for; FSDP and DeepSpeed on GPUs (accelerate has no CPU device for them)."""
+    if chosen in ENGINE_PACKAGES and importlib.util.find_spec(chosen) is None:
         raise ConfigError(f"the accelerate config asks for {chosen}, which is not installed: "
                           f"pip install {ENGINE_PACKAGES[chosen]}")
-    return ranks
+    if chosen in ("fsdp", "deepspeed") and not torch.cuda.is_available():
+        raise ConfigError(f"{chosen} needs CUDA GPUs and this machine has none; on CPUs use DDP "
+                          "(torchrun --nproc_per_node K -m embedtune ..., or configs/accelerate/ddp.yaml)")
+
+
+ACCELERATE_ENGINES = {"MULTI_GPU": "ddp", "MULTI_CPU": "ddp", "NO": "ddp", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}
+
+
+def check_accelerate_config(path: str) -> str:
+    """The engine an accelerate config file chooses, with one-line errors for a file that is missing, does not
+    parse, names an unknown distributed_type, or needs what this machine lacks."""
+    import yaml
+
+    file = os.path.expanduser(path)
+    if not os.path.isfile(file):
+        raise ConfigError(f"accelerate config file not found: {path} (examples: configs/accelerate/*.yaml)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}:{line} is not a readable YAML file ({type(err).__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an accelerate config must be a mapping (accelerate config writes one)")
+    kind = str(raw.get("distributed_type", "NO"))
+    if kind not in ACCELERATE_ENGINES:
+        raise ConfigError(f"{path}: distributed_type '{kind}' is not one embedtune runs "
+                          f"(valid: {', '.join(ACCELERATE_ENGINES)})")
+    chosen = ACCELERATE_ENGINES[kind]
+    check_engine_available(chosen)
+    return chosen
+
+
+def accelerate_command(config_file: str, num_processes: int | None, argv: Sequence[str]) -> list[str]:
+    """`accelerate launch` of this same embedtune command (argv without the launch flags)."""
+    import sys
+
+    extra = ["--num_processes", str(num_processes)] if num_processes else []
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, *extra,
+            "-m", "embedtune", *argv]
 
 
 def timeout() -> timedelta:

@@ -273,3 +273,103 @@ def test_deepspeed_asked_for_but_absent_names_the_package(tmp_path, monkeypatch)
                                "train": {"output_dir": str(tmp_path / "out"), "batch_size": 8}}).validate()
     with pytest.raises(ConfigError, match="pip install deepspeed"):
         train(config)
+
+
+ACCELERATE_CONFIGS = Path(__file__).parents[2] / "configs" / "accelerate"
+
+
+def test_accelerate_launch_through_the_ddp_config_trains_exactly_as_one_process(model_dirs, uneven_data_dir,
+                                                                               tmp_path, monkeypatch):
+    from embedtune.cli import main
+
+    monkeypatch.setenv("EMBEDTUNE_COMPILE_KERNELS", "0")
+    args = cli(model_dirs["llama"], uneven_data_dir, tmp_path / "two", "--max-steps", "3")[2:]
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "EMBEDTUNE_COMPILE_KERNELS": "0"}
+    environ.pop("EMBEDTUNE_FAULT", None)
+    done = subprocess.run([sys.executable, "-m", "embedtune", *args, "--accelerate-config",
+                           str(ACCELERATE_CONFIGS / "ddp.yaml"), "--num-processes", "2"], env=environ,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(tmp_path / "two" / "checkpoints" / f"step-{3:07d}" / "state.pt", weights_only=True)
+    assert state["world_size"] == 2
+    one_args = cli(model_dirs["llama"], uneven_data_dir, tmp_path / "one", "--max-steps", "3")[2:]
+    assert main(one_args) == 0
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.parametrize("write, message", [
+    (None, "accelerate config file not found"),
+    ("distributed_type: [MULTI_GPU\n", "is not a readable YAML file"),
+    ("- a list\n", "must be a mapping"),
+    ("distributed_type: MEGATRON_LM\n", "distributed_type 'MEGATRON_LM' is not one embedtune runs"),
+])
+def test_a_bad_accelerate_config_is_one_line_before_anything_starts(write, message, tmp_path, capsys):
+    from embedtune.cli import main
+
+    config = tmp_path / "accelerate.yaml"
+    if write is not None:
+        config.write_text(write)
+    code = main(["train", "--model", str(tmp_path / "no-model"), "--output-dir", str(tmp_path / "out"),
+                 "--accelerate-config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPUs")
+@pytest.mark.parametrize("name, message", [("fsdp.yaml", "fsdp needs CUDA GPUs"),
+                                           ("deepspeed-zero2.yaml", "deepspeed"),
+                                           ("deepspeed-zero3.yaml", "deepspeed")])
+def test_the_shipped_sharding_configs_parse_and_name_what_this_machine_lacks(name, message, tmp_path, capsys):
+    from embedtune.cli import main
+
+    code = main(["train", "--model", str(tmp_path / "no-model"), "--output-dir", str(tmp_path / "out"),
+                 "--accelerate-config", str(ACCELERATE_CONFIGS / name)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_run_under_two_ranks_reports_once_with_the_dev_evaluation_on_rank_zero(tiny_model_dir, tiny_data_dir,
+                                                                              tmp_path):
+    out = tmp_path / "run"
+    code, output = finish(launch(["-m", "embedtune", "run", "--model", str(tiny_model_dir), "--data-dir",
+                                  str(tiny_data_dir), "--output-dir", str(out), "--batch-size", "8", "--max-steps",
+                                  "4", "--eval-steps", "2", "--precision", "fp32", "--lora-dropout", "0"], tmp_path))
+    assert code == 0, output[-3000:]
+    assert output.count("1/3 baseline evaluation") == 1 and output.count("report: ") == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["selected"]["by"] == "best" and len(report["tuned"]["tasks"]) == 9
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if "eval" in e] == [2, 4]  # rank 0's dev evaluations, once each
+    assert [e["step"] for e in events if "loss" in e] == [1, 2, 3, 4]
+
+
+CONVERT_AND_COUNT = """
+import sys
+from pathlib import Path
+from transformers import AutoModel, AutoTokenizer
+from embedtune.models import loading
+tiny, gguf, count = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+loading.gguf_architecture = lambda path: "llama"
+def read(path):
+    with count.open("a") as f:
+        f.write("converted\\n")
+    return AutoModel.from_pretrained(tiny), AutoTokenizer.from_pretrained(tiny)
+loading._read_gguf = read
+print(loading.gguf_to_hf_folder(gguf))
+"""
+
+
+def test_ranks_starting_together_convert_a_gguf_once(tiny_model_dir, tmp_path):
+    """The first use of a .gguf on K ranks at once: one converts, the others wait for it and reuse its folder."""
+    gguf, count = tmp_path / "tiny.gguf", tmp_path / "conversions.txt"
+    gguf.write_bytes(b"GGUF")
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "EMBEDTUNE_CACHE": str(tmp_path / "cache")}
+    environ.pop("EMBEDTUNE_FAULT", None)
+    ranks = [subprocess.Popen([sys.executable, "-c", CONVERT_AND_COUNT, str(tiny_model_dir), str(gguf), str(count)],
+                              env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [p.communicate(timeout=180) for p in ranks]
+    assert all(p.returncode == 0 for p in ranks), [err[-1500:] for _, err in results]
+    assert count.read_text().splitlines() == ["converted"]
+    assert len({out.strip().splitlines()[-1] for out, _ in results}) == 1  # all load the same folder

@@ -17,16 +17,35 @@ from embedtune.data.sampling import TripletBatch
 from embedtune.models.embedder import Embedder
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' rows (rank r's at r * n); backward sums every rank's gradient for this rank's rows.
+
+    Each rank's loss uses all ranks' candidates, so the gradient of the global loss with respect to this rank's
+    rows is the sum over ranks; the engine's mean over ranks then yields the single-process gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, rows.contiguous())
+        return torch.cat(gathered)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every backend has all_reduce (gloo lacks reduce_scatter)
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+
+
 def gather_candidates(candidates: torch.Tensor, gather_with_grad: bool) -> torch.Tensor:
-    """All ranks' candidates, local rank first is not assumed: rank r's rows sit at r * n."""
+    """All ranks' candidates in rank order (rank r's rows at r * n); the local rows keep their graph either way."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return candidates
     if gather_with_grad:
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(candidates))
+        return _GatherWithGrad.apply(candidates)
     gathered = [torch.zeros_like(candidates) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, candidates)
+    dist.all_gather(gathered, candidates.contiguous())
     gathered[dist.get_rank()] = candidates  # keep the local rows in the graph
     return torch.cat(gathered)
 

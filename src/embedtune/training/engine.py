@@ -43,8 +43,9 @@ class Engine:
         self.wrapped = wrapped if wrapped is not None else model
 
     @classmethod
-    def create(cls, ranks: Ranks, embedder, optimizer: torch.optim.Optimizer) -> Engine:
-        """Wrap the embedder's model for the launch (and point its graph-building forwards at the wrapper)."""
+    def create(cls, ranks: Ranks, embedder, optimizer: torch.optim.Optimizer, batch_size: int) -> Engine:
+        """Wrap the embedder's model for the launch (and point its graph-building forwards at the wrapper);
+        `batch_size` is the global batch."""
         if not ranks.distributed:
             return cls(ranks, embedder.model, optimizer)
         from accelerate import Accelerator
@@ -54,6 +55,9 @@ class Engine:
         # slices dedupe to different numbers of texts): a buffer broadcast per forward would mismatch.
         handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)]
         accelerator = Accelerator(cpu=embedder.device.type == "cpu", kwargs_handlers=handlers)
+        if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants it, and we prepare no dataloader
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+                batch_size // ranks.world_size)
         wrapped, prepared = accelerator.prepare(embedder.model, optimizer)
         embedder.training_module = wrapped
         log.info("rank %d of %d: %s engine on %s", ranks.rank, ranks.world_size, engine(), embedder.device)
@@ -66,10 +70,16 @@ class Engine:
         self.accelerator.backward(loss)
         average_gradients(loss_parameters)
 
-    def clip(self, parameters: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    def clip(self, parameters: Sequence[torch.nn.Parameter], max_norm: float) -> float | None:
+        """Clip to `max_norm`; the global norm before clipping (None where DeepSpeed clips inside its own step
+        and has not reported it)."""
         if self.accelerator is None:
-            return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        return self.accelerator.clip_grad_norm_(parameters, max_norm)
+            norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        elif engine() == "fsdp":  # FSDP's own method: the norm over every rank's shards, not this rank's
+            norm = self.wrapped.clip_grad_norm_(max_norm)
+        else:
+            norm = self.accelerator.clip_grad_norm_(parameters, max_norm)
+        return None if norm is None else float(norm)
 
     @contextlib.contextmanager
     def no_sync(self, skip: bool) -> Iterator[None]:

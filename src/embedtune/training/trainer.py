@@ -97,7 +97,7 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     warn_if_anisotropic(embedder, data.anchors[:32], t.lr)
     loss_fn = build_loss(config.train, embedder)
     optimizer, params = build_optimizer(embedder.model, loss_fn, t.lr, t.weight_decay)
-    engine = Engine.create(ranks, embedder, optimizer)
+    engine = Engine.create(ranks, embedder, optimizer, t.batch_size)
     if isinstance(loss_fn, CachedInfoNCELoss):
         loss_fn.chunk_sync = engine.no_sync
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
@@ -141,8 +141,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
             problem, grad_norm = guard.problem(step_loss), None
             if problem is None:
                 engine.backward(loss, loss_params)
-                grad_norm = engine.clip(params, t.max_grad_norm).item()
-                problem = None if math.isfinite(grad_norm) else f"the gradient norm is {grad_norm}"
+                grad_norm = engine.clip(params, t.max_grad_norm)
+                problem = None if grad_norm is None or math.isfinite(grad_norm) else f"the gradient norm is {grad_norm}"
             if problem is None:
                 engine.optimizer.step()
                 loss_fn.clamp_temperature()
