@@ -6,7 +6,7 @@ OUT ?= runs/default
 RUN_ARGS ?=
 PIP := $(PY) -m pip install -q -c constraints-cpu.txt
 
-.PHONY: install run test test-all
+.PHONY: install run test test-all browser
 
 install: $(VENV)/.installed
 
@@ -28,3 +28,7 @@ test: install
 
 test-all: install
 	EMBEDTUNE_DATA_DIR=$(abspath $(DATA_DIR)) $(PY) -m pytest -q -m ''
+
+# Headless Chromium for benchmarks/check_report_in_browser.py (a Debian package, as root); nothing else needs it.
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)

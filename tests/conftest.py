@@ -316,3 +316,39 @@ def tiny_builders():
     return types.SimpleNamespace(
         tokenizer_like=build_tokenizer_like, tokenizer_styles=TOKENIZER_STYLES, architecture=build_tiny_architecture,
         llama=build_tiny_llama, lora_step=lora_step)
+
+
+# ---- other task kinds (pair classification, BEIR retrieval) beside the STS sets --------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_tasks_data_dir(tiny_data_dir, tmp_path_factory) -> Path:
+    """tiny_data_dir's sts/ and nli/ (linked) plus pairs/tiny-pairs/test.tsv (16 pairs, both labels) and a BEIR
+    folder retrieval/tiny-retrieval/ (12 documents, 5 judged queries of 6), all from tiny words."""
+    import csv
+    import json
+    import random
+
+    rng = random.Random(1)
+    root = tmp_path_factory.mktemp("tiny_tasks_data")
+    for part in ("sts", "nli"):
+        (root / part).symlink_to(tiny_data_dir / part, target_is_directory=True)
+
+    def sentence() -> str:
+        return " ".join(rng.choice(TINY_WORDS[:60]) for _ in range(rng.randint(2, 9)))
+
+    pairs = root / "pairs" / "tiny-pairs" / "test.tsv"
+    pairs.parent.mkdir(parents=True)
+    with pairs.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["sentence1", "sentence2", "label"])
+        writer.writerows([sentence(), sentence(), i % 2] for i in range(16))
+    beir = root / "retrieval" / "tiny-retrieval"
+    (beir / "qrels").mkdir(parents=True)
+    docs = [{"_id": f"d{i}", "title": sentence() if i % 3 else "", "text": sentence()} for i in range(12)]
+    (beir / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    queries = [{"_id": f"q{i}", "text": sentence()} for i in range(6)]
+    (beir / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    rows = [(f"q{q}", f"d{d}", rng.choice([0, 1, 2])) for q in range(5) for d in rng.sample(range(12), 3)]
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{s}\n" for q, d, s in rows), encoding="utf-8")
+    return root

@@ -21,7 +21,8 @@ def test_eval_writes_the_json_contract_and_a_markdown_table(tiny_model_dir, tiny
     result = json.loads(out.read_text())
     assert result["model"] == str(tiny_model_dir)
     assert set(result["tasks"]) == {"sts12", "biosses"}
-    assert all(set(t) == {"spearman", "n"} and t["n"] == 12 for t in result["tasks"].values())
+    assert all(set(t) == {"spearman", "n", "kind", "main_score"} and t["n"] == 12 for t in result["tasks"].values())
+    assert all(t["kind"] == "sts" and t["main_score"] == t["spearman"] for t in result["tasks"].values())
     assert set(result) == EVAL_KEYS
     assert (result["sentences"], result["pooling"], result["prompt"]) == (48, "eos", None)
     table = out.with_suffix(".md").read_text()

@@ -13,8 +13,9 @@ from embedtune.runtime import apply_kernel_cache_limits
 apply_kernel_cache_limits()  # before any matmul: oneDNN reads the limits when its caches are first used
 
 _EXPORTS = {"encode": "embedtune.api", "evaluate": "embedtune.api", "export": "embedtune.api", "run": "embedtune.api",
-            "train": "embedtune.api", "Config": "embedtune.config", "Embedder": "embedtune.models.embedder"}
-__all__ = ["Config", "Embedder", "encode", "evaluate", "export", "run", "train"]
+            "train": "embedtune.api", "Config": "embedtune.config", "Embedder": "embedtune.models.embedder",
+            "as_mteb_model": "embedtune.mteb_model"}  # mteb itself is imported only when an adapter is built
+__all__ = ["Config", "Embedder", "as_mteb_model", "encode", "evaluate", "export", "run", "train"]
 __version__ = "0.1.0"
 
 

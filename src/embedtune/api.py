@@ -19,11 +19,16 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
              **model_options: Any) -> dict:
     """Nine-set (or chosen-task) STS scores of a model: the dict that `embedtune eval` writes as JSON.
 
+    `tasks` may mix kinds (STS, pair classification, retrieval; evaluation/suite.py): the STS keys stay as they
+    are, the other kinds come in sections `pair_classification` and `retrieval`.
+
     `model` is a --model value or an Embedder; `model_options` are ModelConfig fields (adapter, pooling, prompt...).
     The caller's `config` is left as it was.
     """
+    from embedtune.distributed import is_main
     from embedtune.evaluation.report import write_eval_outputs
-    from embedtune.evaluation.sts import STSEvaluator
+    from embedtune.evaluation.suite import EvaluationSuite
+    from embedtune.models.backend import Backend
     from embedtune.models.embedder import Embedder
 
     config = copy.deepcopy(config) if config is not None else Config()
@@ -36,12 +41,14 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
         config.data.data_dir = data_dir
     config.validate()
     # Data first: a bad file must fail before the model load.
-    evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir,
-                                        batch_size=config.eval.batch_size, show_progress=show_progress)
-    embedder = model if isinstance(model, Embedder) else Embedder.from_config(config.model,
-                                                                              precision=config.eval.precision)
+    evaluator = EvaluationSuite.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size,
+                                           show_progress=show_progress, query_prompt=config.eval.query_prompt,
+                                           document_prompt=config.eval.document_prompt)
+    # Under torchrun each rank encodes a share of the sentences (evaluation/sts.py); rank 0 writes the files.
+    embedder = model if isinstance(model, Embedder) else Embedder.from_config(
+        config.model, backend=Backend.for_launch(config.model.device, config.eval.precision))
     result = evaluator(embedder)
-    if output or config.eval.output:
+    if (output or config.eval.output) and is_main():
         write_eval_outputs(result, output or config.eval.output)
     return result
 
@@ -84,6 +91,21 @@ def run(config: Config) -> dict:
     from embedtune.experiment import run_experiment
 
     return run_experiment(config.validate())
+
+
+def sweep(config: Config, grid: Sequence[str]) -> dict:
+    """`run` once per combination of the grid's values (`["train.lr=5e-4,5e-5", "model.prompt=,'{} is:'"]`) in
+    OUTPUT/runs/NAME, the base model scored once, and one report; re-running continues where it stopped."""
+    from embedtune.sweep import run_sweep
+
+    return run_sweep(config.validate(), grid)
+
+
+def report(dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """One self-contained HTML page for run and sweep folders; returns its path."""
+    from embedtune.evaluation.html_report import write_html_report
+
+    return write_html_report(dirs, out)
 
 
 def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bool = False,

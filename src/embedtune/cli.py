@@ -24,12 +24,13 @@ DATA_FLAGS = {"data_dir": ("data", "data_dir"), "train_file": ("data", "train_fi
               "negative_column": ("data", "negative_column"), "decontaminate": ("data", "decontaminate"),
               "max_train_samples": ("data", "max_train_samples")}
 EVAL_FLAGS = {"tasks": ("eval", "tasks"), "batch_size": ("eval", "batch_size"), "precision": ("eval", "precision"),
-              "output": ("eval", "output")}
+              "output": ("eval", "output"), "query_prompt": ("eval", "query_prompt"),
+              "document_prompt": ("eval", "document_prompt")}
 TRAIN_FLAGS = {name: ("train", name) for name in (
     "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
     "temperature", "learnable_temperature", "hard_negatives", "gradient_checkpointing", "precision", "seed",
     "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens", "packing", "loss",
-    "mini_batch_tokens", "on_bad_loss", "max_bad_steps", "spike_factor")}
+    "mini_batch_tokens", "on_bad_loss", "max_bad_steps", "spike_factor", "gather_with_grad")}
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
                 "tasks": ("eval", "tasks")}
@@ -96,6 +97,26 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _switch(p, "hard_negatives", "use the hard-negative column (default on; off = paper Table 6 ablation)")
     _switch(p, "gradient_checkpointing", "trade compute for activation memory")
     _switch(p, "resume", "continue from the newest checkpoint in --output-dir")
+    _switch(p, "gather_with_grad", "under torchrun: gather other ranks' positives and negatives with gradient, so "
+                                   "the gradient equals one process's (default on; off is cheaper, approximate)")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "time_budget", help="wall-clock budget, e.g. 20m or 1h30m: steps and dev evaluation are sized to fit")
+    _flag(p, "select", choices=SELECTIONS,
+          help="adapter to evaluate and report: best by STSBenchmark dev score (default; the final one when no dev "
+               "evaluation ran) or final")
+
+
+LAUNCH_FLAGS = ("--accelerate-config", "--num-processes")  # consumed here, never passed on to the ranks
+
+
+def _add_launch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accelerate-config", default=None, metavar="FILE",
+                   help="run this command under `accelerate launch --config_file FILE` (configs/accelerate/: ddp, "
+                        "fsdp, deepspeed-zero2, deepspeed-zero3); the file is checked first")
+    p.add_argument("--num-processes", type=int, default=None, metavar="K",
+                   help="with --accelerate-config: ranks to start (default: the file's num_processes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,20 +129,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a model on the STS sets")
     _add_model_flags(p)
     _add_data_dir(p)
-    _flag(p, "tasks", nargs="+", help="subset of: sts12 sts13 sts14 sts15 sts16 sts17 stsbenchmark biosses sickr")
+    _flag(p, "tasks", nargs="+", help="STS sets (default: sts12 sts13 sts14 sts15 sts16 sts17 stsbenchmark biosses "
+                                      "sickr), pair-classification and retrieval sets: packaged names or folders under "
+                                      "DATA_DIR/pairs/ and DATA_DIR/retrieval/")
+    _flag(p, "query_prompt", help="retrieval: prompt template for queries (default: --prompt)")
+    _flag(p, "document_prompt", help="retrieval: prompt template for documents (default: --prompt)")
     _flag(p, "batch_size", type=int)
     _flag(p, "precision", choices=PRECISIONS, help="auto: bf16 where this machine runs it faster (measured)")
     _flag(p, "output", help="results JSON (a Markdown table is written beside it)")
     _flag(p, "config", help="YAML config file")
 
+    _add_launch_flags(p)
+
     p = sub.add_parser("train", help="contrastive LoRA training")
     _add_train_flags(p)
+    _add_launch_flags(p)
     p = sub.add_parser("run", help="baseline eval + training + eval + report, in one command")
     _add_train_flags(p)
-    _flag(p, "time_budget", help="wall-clock budget, e.g. 20m or 1h30m: steps and dev evaluation are sized to fit")
-    _flag(p, "select", choices=SELECTIONS,
-          help="adapter to evaluate and report: best by STSBenchmark dev score (default; the final one when no dev "
-               "evaluation ran) or final")
+    _add_launch_flags(p)
+    _add_run_flags(p)
+
+    p = sub.add_parser("sweep", help="`run` over a grid of config values, the base model scored once; one report")
+    _add_train_flags(p)
+    _add_run_flags(p)
+    p.add_argument("--grid", action="append", required=True, metavar="SECTION.FIELD=V1,V2,...",
+                   help="values of one config field to sweep, e.g. train.lr=5e-3,5e-4 or model.prompt=,'{} is:' "
+                        "(repeat for more fields: every combination runs; quote a value that holds a comma)")
+
+    p = sub.add_parser("report", help="one self-contained HTML page for run and sweep folders")
+    p.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="folders written by `run` or `sweep`")
+    p.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html for one folder, else ./report.html)")
 
     p = sub.add_parser("export", help="merge an adapter and write a sentence-transformers folder")
     _add_model_flags(p)
@@ -164,10 +201,13 @@ def config_from_args(args: argparse.Namespace, flags: dict[str, tuple[str, str]]
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from embedtune.api import evaluate
+    from embedtune.distributed import is_main
     from embedtune.evaluation.report import eval_markdown
 
     config = config_from_args(args, MODEL_FLAGS | DATA_FLAGS | EVAL_FLAGS)
     result = evaluate(config=config)
+    if not is_main():  # under torchrun every rank scored a share; rank 0 reports
+        return 0
     print(eval_markdown(result))
     if config.eval.output:
         print(f"wrote {config.eval.output} and {Path(config.eval.output).with_suffix('.md')}")
@@ -176,17 +216,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from embedtune.api import train
+    from embedtune.distributed import is_main
 
     final = train(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS))
-    print(f"final adapter: {final}")
+    if is_main():
+        print(f"final adapter: {final}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embedtune.api import run
+    from embedtune.distributed import is_main
 
     report = run(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS | RUN_FLAGS))
-    print(f"report: {report['paths']['report_md']}")
+    if is_main():
+        print(f"report: {report['paths']['report_md']}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from embedtune.api import sweep
+
+    summary = sweep(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS | RUN_FLAGS), args.grid)
+    counts = ", ".join(f"{n} {status}" for status, n in summary["counts"].items() if n)
+    print(f"sweep: {counts}; best: {summary['best']}; report: {summary['paths']['report.html']}")
+    return 1 if summary["counts"]["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from embedtune.api import report
+
+    print(f"report: {report(args.dirs, args.out)}")
     return 0
 
 
@@ -226,9 +286,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "eval": cmd_eval, "train": cmd_train, "run": cmd_run, "export": cmd_export, "encode": cmd_encode,
+    "eval": cmd_eval, "train": cmd_train, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report,
+    "export": cmd_export, "encode": cmd_encode,
     "serve": cmd_serve,
 }
+
+
+def relaunch_under_accelerate(args: argparse.Namespace, argv: list[str]) -> int:
+    """This command again, under `accelerate launch`, once its config file has been checked."""
+    import os
+
+    from embedtune.distributed import accelerate_command, check_accelerate_config
+
+    try:
+        check_accelerate_config(args.accelerate_config)
+        if args.num_processes is not None and args.num_processes < 1:
+            raise EmbedtuneError(f"--num-processes must be at least 1, not {args.num_processes}")
+    except EmbedtuneError as err:
+        print(f"embedtune: error: {err}", file=sys.stderr)
+        return 2
+    command = accelerate_command(args.accelerate_config, args.num_processes, _without_launch_flags(argv))
+    sys.stdout.flush()
+    os.execv(command[0], command)  # the launcher takes this process's place: signals reach it directly
+    return 0  # not reached
+
+
+def _without_launch_flags(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in LAUNCH_FLAGS:
+            skip = True
+        elif not token.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
+            kept.append(token)
+    return kept
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -241,7 +333,13 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(verbose=args.verbose, quiet=args.quiet)
+    from embedtune.distributed import launched_ranks
+
+    if getattr(args, "accelerate_config", None) and not launched_ranks().distributed:
+        return relaunch_under_accelerate(args, sys.argv[1:] if argv is None else argv)
+
+    # Under torchrun, ranks other than 0 say only what goes wrong: one copy of progress and stage messages.
+    configure_logging(verbose=args.verbose, quiet=args.quiet or not launched_ranks().is_main)
     try:
         return COMMANDS[args.command](args)
     except TrainingStopped as err:

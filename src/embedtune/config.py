@@ -104,6 +104,9 @@ class EvalConfig:
     batch_size: int = 64
     precision: str = "auto"
     output: str | None = None
+    # Retrieval tasks: templates ('{}' marks the text) replacing model.prompt for queries / documents; None: keep it.
+    query_prompt: str | None = None
+    document_prompt: str | None = None
 
 
 @dataclass

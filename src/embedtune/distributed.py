@@ -37,6 +37,7 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by a launcher: a process group and the engine's wrapper, even for one rank
 
     @property
     def is_main(self) -> bool:
@@ -44,7 +45,7 @@ class Ranks:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.launched
 
     def slice(self, rows: Sequence[int]) -> list[int]:
         """This rank's contiguous share of a global batch (the world size divides it: check_batch_size)."""
@@ -53,9 +54,11 @@ class Ranks:
 
 
 def launched_ranks() -> Ranks:
-    """The ranks the launcher declared (torchrun, accelerate launch); one process when there is no launcher."""
-    world = _env_int("WORLD_SIZE", 1)
-    return Ranks(_env_int("RANK", 0), world, _env_int("LOCAL_RANK", 0)) if world > 1 else Ranks()
+    """The ranks the launcher declared (torchrun, accelerate launch set WORLD_SIZE, even to 1); a plain process
+    otherwise, which never touches torch.distributed."""
+    if not os.environ.get("WORLD_SIZE"):
+        return Ranks()
+    return Ranks(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0), launched=True)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -150,7 +153,7 @@ def join(device: torch.device) -> Ranks:
     if state.num_processes != ranks.world_size:
         raise ConfigError(f"accelerate set up {state.num_processes} processes, the launcher declared "
                           f"{ranks.world_size}")
-    return Ranks(state.process_index, state.num_processes, state.local_process_index)
+    return Ranks(state.process_index, state.num_processes, state.local_process_index, launched=True)
 
 
 def is_joined() -> bool:

@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 from embedtune.config import Config, parse_duration
+from embedtune.distributed import check_launch, launched_ranks, same_on_every_rank
+from embedtune.evaluation.html_report import write_run_page
 from embedtune.evaluation.report import comparison_markdown, eval_markdown, read_metrics
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.files import write_text_atomically
+from embedtune.models.backend import Backend
 from embedtune.models.embedder import Embedder
 from embedtune.training.budget import TimeBudget, format_duration
 from embedtune.training.callbacks import Callback, TrainState
@@ -27,51 +30,73 @@ from embedtune.training.trainer import dev_evaluator, train
 
 PLAN_FILE = "plan.json"
 # A finished run's outputs: removed when a run starts, so that none of them is ever a previous run's.
-RESULT_FILES = ("report.json", "report.md", "tuned.json", "tuned.md")
+RESULT_FILES = ("report.json", "report.md", "tuned.json", "tuned.md", "report.html", "environment.json")
 
 log = logging.getLogger(__name__)
 
 
-def run_experiment(config: Config) -> dict:
+def run_experiment(config: Config, base: dict | None = None) -> dict:
+    """The experiment in OUTPUT/. `base`: the base model's scores when the caller has them (a sweep scores the base
+    model once for all its runs): written to OUTPUT/base.json and reused from there like a resumed run's."""
     started = time.perf_counter()
     out = Path(config.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Under torchrun every rank runs this function (evaluations split across ranks, training on slices);
+    # rank 0 alone writes into OUTPUT and prints.
+    main = launched_ranks().is_main
+    check_launch(config.train.batch_size)  # a world size that does not divide the batch fails before any work
     evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
-    for name in RESULT_FILES + (() if config.train.resume else (PLAN_FILE,)):
-        (out / name).unlink(missing_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in RESULT_FILES + (() if config.train.resume else (PLAN_FILE,)):
+            (out / name).unlink(missing_ok=True)
+    backend = Backend.for_launch(config.model.device, config.eval.precision)
 
     base_path = out / "base.json"
-    base = complete_result(base_path, evaluator) if config.train.resume else None
+    if base is not None and main:
+        write_result(base, base_path)
+    base = complete_result(base_path, evaluator) if (config.train.resume or base is not None) and main else None
+    base = same_on_every_rank(base)[0]  # rank 0's answer: every rank then evaluates, or none
     if base is not None:
         log.info("reusing the baseline in %s", base_path)
     else:
-        print("1/3 baseline evaluation", flush=True)
+        say("1/3 baseline evaluation")
         # The starting point: the base model, or base + the adapter that training continues from.
-        base = evaluator(Embedder.from_config(config.model, precision=config.eval.precision))
-        write_result(base, base_path)
+        base = evaluator(Embedder.from_config(config.model, backend=backend))
+        if main:
+            write_result(base, base_path)
     gc.collect()
 
-    print("2/3 training", flush=True)
+    say("2/3 training")
     budget = time_budget(config, base, started)
-    final = train(config, callbacks=[budget, PlanKeeper(budget, out / PLAN_FILE)])
-    plan = _keep_plan(budget, out / PLAN_FILE)
+    final = train(config, callbacks=[budget, PlanKeeper(budget, out / PLAN_FILE)] if main else [budget])
+    plan = _keep_plan(budget, out / PLAN_FILE) if main else None
     gc.collect()
 
     selected, note = select_adapter(config.train.select, out, Path(final))
     if note:
         log.warning("%s", note)
-    print(f"3/3 evaluation of the tuned model ({selected['by']} adapter, step {selected['step']})", flush=True)
-    tuned = evaluator(Embedder.from_config(config.model, adapter=selected["adapter"],
-                                           precision=config.eval.precision))
+    say(f"3/3 evaluation of the tuned model ({selected['by']} adapter, step {selected['step']})")
+    tuned = evaluator(Embedder.from_config(config.model, adapter=selected["adapter"], backend=backend))
+    report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": plan,
+              "seconds": round(time.perf_counter() - started, 1), "selected": selected,
+              "paths": {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}}
+    if not main:
+        return report
     write_result(tuned, out / "tuned.json")
 
-    report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": plan,
-              "seconds": round(time.perf_counter() - started, 1), "selected": selected}
+    del report["paths"]
     plots = [p for p in (out / "loss.png", out / "dev_spearman.png") if p.is_file()]  # drawn by train()
     write_text_atomically(out / "report.md", _report_markdown(config, report, plots, out, note))
+    write_run_page(out, report)  # report.html and environment.json
     write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n")  # last: the run is done
     report["paths"] = {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}
     return report
+
+
+def say(stage: str) -> None:
+    """A stage line, once (rank 0) under torchrun."""
+    if launched_ranks().is_main:
+        print(stage, flush=True)
 
 
 def write_result(result: dict, path: Path) -> None:
@@ -186,3 +211,9 @@ def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path,
     for plot in plots:
         text += f"\n![{plot.stem}]({plot.name})\n"
     return text
+
+
+def evaluate_base(config: Config, evaluator: STSEvaluator) -> dict:
+    """The base model's scores as `run` computes them, for a caller that scores it once for several runs."""
+    return evaluator(Embedder.from_config(config.model,
+                                          backend=Backend.for_launch(config.model.device, config.eval.precision)))

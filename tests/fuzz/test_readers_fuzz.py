@@ -3,7 +3,8 @@
 Whatever the bytes, a reader returns rows or raises a one-line DataError that names the file (and the line and
 field where there is one); nothing else escapes. Files a standard writer produced read back exactly, with or
 without a BOM and CRLF line ends, whatever the text holds; skipped blank lines are counted, never lost.
-Pair-classification and BEIR readers do not exist yet, so there is nothing of theirs to fuzz.
+Pair-classification files (0/1 labels) and BEIR folders (corpus and queries JSON lines, qrels TSV) are fuzzed the
+same way: the first bad cell is the one named, and qrels rows that match no query or document are counted.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from embedtune.config import DataConfig
 from embedtune.data.nli import CleaningReport, clean_triplets, load_triplets, read_training_file
+from embedtune.data.pairs import read_pairs_file
+from embedtune.data.retrieval import match_qrels, read_corpus, read_qrels, read_queries
 from embedtune.data.sts import read_sts_file
 from embedtune.data.tables import read_table
 from embedtune.encode_files import read_texts
@@ -111,9 +114,11 @@ def delimited(draw, header=None, cells=None, max_rows: int = 5):
 TOKENS = [b"\t", b",", b";", b'"', b"'", b"\r\n", b"\n", b"\r", b"\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\xff", b"\xc3",
           b"\xed\xa0\x80", b"\xf0\x9f\x98\x80", b"\xe2\x80\xa8", b"{", b"}", b"[", b"]", b":", b'"text"', b'"sent0"',
           b'"\\ud800"', b"null", b"1" * 5000, b"[" * 3000, b"sentence1", b"sentence2", b"score", b"text", b"sent0",
-          b"sent1", b"hard_neg", b"premise", b"hypothesis", b"label", b"entailment", b"2", b"1.5", b"nan", b"a b",
+          b"sent1", b"hard_neg", b"premise", b"hypothesis", b"label", b"entailment", b'"_id"', b'"title"', b"query-id",
+          b"corpus-id", b"0", b"-3", b"2", b"1.5", b"nan", b"a b",
           b" ", b"x" * 140_000, b"PAR1"]
-HEADERS = [b"", b"sentence1\tsentence2\tscore\n", b"\xef\xbb\xbfsentence1,sentence2,score\r\n", b"text\n",
+HEADERS = [b"", b"sentence1\tsentence2\tscore\n", b"sentence1\tsentence2\tlabel\n", b"query-id\tcorpus-id\tscore\n",
+           b'{"_id": "d1", "title": "t", "text": "a"}\n', b"\xef\xbb\xbfsentence1,sentence2,score\r\n", b"text\n",
            b"id,text\r\n", b"sent0\tsent1\thard_neg\n", b"premise\thypothesis\tlabel\n", b'{"text": "a"}\n']
 BYTES = st.one_of(st.binary(max_size=200),
                   st.tuples(st.sampled_from(HEADERS), st.lists(st.sampled_from(TOKENS), max_size=25))
@@ -126,6 +131,11 @@ READERS = {
     "table.parquet": lambda p: read_table(p, ["text"]),
     "sts.tsv": lambda p: read_sts_file(p, "x"),
     "sts.csv": lambda p: read_sts_file(p, "x"),
+    "pairs.tsv": lambda p: read_pairs_file(p, "x"),
+    "pairs.jsonl": lambda p: read_pairs_file(p, "x"),
+    "corpus.jsonl": read_corpus,
+    "queries.jsonl": read_queries,
+    "qrels.tsv": read_qrels,
     "encode.txt": read_texts,
     "encode.jsonl": read_texts,
     "encode.csv": read_texts,
@@ -594,6 +604,282 @@ def test_nli_pairs_convert_with_every_row_counted(fuzz_dir, one_line, case, hard
 def test_nli_pairs_convert_with_every_row_counted_soak(fuzz_dir, one_line, case, hard_negatives):
     check_pairs(fuzz_dir, one_line, case, hard_negatives)
 
+
+
+# ---- pair-classification files: the first bad cell is the one named; both labels needed ---------------------------
+
+LABELS = st.sampled_from(["0", "1", "1", "0", "1.0", "0.0", " 1 ", "1e0", "2", "-1", "0.5", "yes", "", " ", "nan",
+                          "inf", "1_0", "\u0661", "0x1", "1\x00"])
+
+
+def label_of(cell: str):
+    """The label read_pairs_file must return for a cell, or None for a cell it must reject."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return int(value) if value in (0.0, 1.0) else None
+
+
+def first_bad_pair_cell(rows, lines):
+    """(line, field) of the error read_pairs_file must raise: sentence1 of every row, sentence2, then label."""
+    for column, name in ((0, "sentence1"), (1, "sentence2")):
+        for row, line in zip(rows, lines, strict=True):
+            if not row[column].strip():
+                return line, name
+    for row, line in zip(rows, lines, strict=True):
+        if label_of(row[2]) is None:
+            return line, "label"
+    labels = [label_of(r[2]) for r in rows]
+    return None if 0 in labels and 1 in labels else (None, None)
+
+
+def check_pair_table(fuzz_dir, one_line, table):
+    content, delimiter, header, rows, lines, blanks = table
+    path = write(fuzz_dir, "pairs.tsv" if delimiter == "\t" else "pairs.csv", content)
+    result, err = outcome(lambda: read_pairs_file(path, "x"))
+    if not rows:
+        assert err is not None and err.line == 1
+        return
+    expected = first_bad_pair_cell(rows, lines)
+    event("accepted" if expected is None else f"error at {expected[1]}")
+    if expected is None:
+        assert err is None, err
+        assert (result.sentences1, result.sentences2) == ([r[0] for r in rows], [r[1] for r in rows])
+        assert result.labels == [label_of(r[2]) for r in rows] and result.blank_lines == blanks
+    else:
+        assert err is not None, f"accepted; expected an error at {expected}"
+        check_error(err, path, one_line)
+        assert (err.line, err.field) == expected, str(err)
+        if expected == (None, None):
+            assert "no positive pairs" in str(err) or "no negative pairs" in str(err)
+
+
+def mostly(good: list, other: st.SearchStrategy) -> st.SearchStrategy:
+    """One of `good` four times in five, else a draw of `other` (one_of would pick each branch as often)."""
+    return st.integers(0, 4).flatmap(lambda i: st.sampled_from(good) if i else other)
+
+
+@st.composite
+def pair_tables(draw):
+    """Like delimited(), with a strategy per column: sentences and labels mostly good, so that whole files are
+    often accepted, and anything else (huge, empty, control characters, bad labels) mixed in."""
+    delimiter, end = draw(st.sampled_from(["\t", ","])), draw(st.sampled_from(["\n", "\r\n"]))
+    sentence = mostly(["a", "b c", " d ", "0"], text(huge=True))
+    label = mostly(["0", "1"], LABELS)
+    rows = draw(st.lists(st.tuples(sentence, sentence, label), max_size=6))
+    header = ["sentence1", "sentence2", "label"]
+    content = ("\ufeff" if draw(st.booleans()) else "") + record(header, delimiter) + end
+    lines, blanks = [], 0
+    for row in rows:
+        if draw(st.integers(0, 3)) == 0:
+            content, blanks = content + draw(st.sampled_from(["", " "])) + end, blanks + 1
+        lines.append(len(LINE_BREAK.findall(content)) + 1)
+        content += record(list(row), delimiter) + end
+    return content, delimiter, header, rows, lines, blanks
+
+
+PAIR_TABLES = pair_tables()
+
+
+@given(table=PAIR_TABLES)
+def test_pair_files_name_the_first_bad_cell(fuzz_dir, one_line, table):
+    check_pair_table(fuzz_dir, one_line, table)
+
+
+@pytest.mark.slow
+@SOAK
+@given(table=PAIR_TABLES)
+def test_pair_files_name_the_first_bad_cell_soak(fuzz_dir, one_line, table):
+    check_pair_table(fuzz_dir, one_line, table)
+
+
+# ---- BEIR corpus and queries (JSON lines): ids, titles and texts of any JSON type ---------------------------------
+
+IDS = st.one_of(st.sampled_from(["d1", "d1", "d2", " ", "", 7, 7, "7", -3, True, None, 1.5, 10**20, [1], "\ud800"]),
+                text(min_size=1))
+CORPUS = ["_id", "title", "text"]
+
+
+def good_id(value):
+    """The id read_corpus / read_queries must return, or None for one they must reject."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if abs(value) < 10**18 else None
+    return value if is_good_text(value) else None
+
+
+def has_surrogate(value) -> bool:
+    return isinstance(value, str) and re.search("[\ud800-\udfff]", value) is not None
+
+
+def expected_corpus_record(number: int, record: dict, seen: set, queries: bool):
+    """('error', line, field) for the first bad cell of one record, or ('ok', id, text)."""
+    ident = good_id(record.get("_id"))
+    if ident is None:
+        return "error", number, "_id"
+    if ident in seen:
+        return "error", number, "_id"
+    seen.add(ident)
+    text_value = record.get("text")
+    if queries:
+        return ("ok", ident, text_value) if is_good_text(text_value) else ("error", number, "text")
+    title = record.get("title")
+    if title is not None and not isinstance(title, str):
+        return "error", number, "title"
+    if not isinstance(text_value, str):
+        return "error", number, "text"
+    if has_surrogate(title):
+        return "error", number, "title"
+    if has_surrogate(text_value):
+        return "error", number, "text"
+    joined = (title + " " + text_value).strip() if title else text_value.strip()
+    return ("ok", ident, joined) if joined else ("error", number, "text")
+
+
+@st.composite
+def beir_jsonl(draw, queries: bool):
+    content, lines, bom = draw(jsonl_files(columns=("_id", "text") if queries else CORPUS))
+    # Ids from a small pool, so that duplicates, integers and wrong types occur often.
+    # Most objects are well-formed documents, so that whole files are often accepted.
+    fixed = []
+    for number, (raw, kind, record) in enumerate(lines):
+        change = draw(st.sampled_from(["clean"] * 6 + ["id", "as drawn"])) if kind == "object" else "as drawn"
+        if change == "clean":
+            record = {"_id": f"d{number}", "text": draw(st.one_of(st.sampled_from(["a", " b ", "c d"]), text(1)))}
+            record |= {} if queries or draw(st.booleans()) else {"title": draw(st.sampled_from(["", "T", None, " "]))}
+        elif change == "id":
+            record = {**record, "_id": draw(IDS)}
+        raw = json.dumps(record) if change != "as drawn" else raw
+        fixed.append((raw, kind, json.loads(raw) if kind == "object" else record))
+    end = "\r\n" if "\r\n" in content else "\n"
+    content = ("\ufeff" if bom else "") + end.join(t for t, _, _ in fixed) + (end if content.endswith(end) else "")
+    return content, fixed, bom
+
+
+def check_beir_jsonl(fuzz_dir, one_line, case, queries: bool):
+    content, lines, bom = case
+    path = write(fuzz_dir, "queries.jsonl" if queries else "corpus.jsonl", content)
+    result, err = outcome(lambda: read_queries(path) if queries else read_corpus(path))
+    want = expected_jsonl(lines, bom)
+    if want[0] == "ok":
+        records, blanks = want[1], want[2]
+        missing = next((c for c in ("_id", "text") if c not in records[0][1]), None)
+        if missing:
+            want = ("error", records[0][0], missing)
+        else:
+            seen: set = set()
+            out = [expected_corpus_record(n, r, seen, queries) for n, r in records]
+            bad = next((o for o in out if o[0] == "error"), None)
+            want = bad or ("ok", [o[1] for o in out], [o[2] for o in out], blanks)
+    event("accepted" if want[0] == "ok" else f"error at {want[2]}")
+    if want[0] == "ok":
+        assert err is None, err
+        if queries:
+            assert list(result[0]) == want[1] and list(result[0].values()) == want[2] and result[1] == want[3]
+        else:
+            assert result == (want[1], want[2], want[3])
+    else:
+        assert err is not None, f"accepted; expected an error at {want[1:]}"
+        check_error(err, path, one_line)
+        assert (err.line, err.field) == want[1:], str(err)
+
+
+@given(case=beir_jsonl(queries=False))
+def test_beir_corpus_is_documents_or_a_located_error(fuzz_dir, one_line, case):
+    check_beir_jsonl(fuzz_dir, one_line, case, queries=False)
+
+
+@given(case=beir_jsonl(queries=True))
+def test_beir_queries_are_texts_or_a_located_error(fuzz_dir, one_line, case):
+    check_beir_jsonl(fuzz_dir, one_line, case, queries=True)
+
+
+@pytest.mark.slow
+@SOAK
+@given(case=beir_jsonl(queries=False))
+def test_beir_corpus_is_documents_or_a_located_error_soak(fuzz_dir, one_line, case):
+    check_beir_jsonl(fuzz_dir, one_line, case, queries=False)
+
+
+@pytest.mark.slow
+@SOAK
+@given(case=beir_jsonl(queries=True))
+def test_beir_queries_are_texts_or_a_located_error_soak(fuzz_dir, one_line, case):
+    check_beir_jsonl(fuzz_dir, one_line, case, queries=True)
+
+
+# ---- BEIR qrels (TSV): ids, integer grades, duplicates; rows matched against queries and corpus, all counted -------
+
+QREL_CELLS = st.one_of(st.sampled_from(["q1", "q2", "d1", "d2", "", " ", "0", "1", "2", "-1", "1.5", "1e3", "3e10",
+                                        " 2 ", "nan", "x", "1_0"]), text(huge=True))
+
+
+def expected_qrels(rows, lines):
+    """('error', line, field) of the first bad row, or ('ok', qrels)."""
+    qrels: dict = {}
+    for (query, doc, score), line in zip(rows, lines, strict=True):
+        if not query.strip():
+            return "error", line, "query-id"
+        if not doc.strip():
+            return "error", line, "corpus-id"
+        if doc in qrels.get(query, {}):
+            return "error", line, "corpus-id"
+        try:
+            value = float(score)
+        except ValueError:
+            return "error", line, "score"
+        if not math.isfinite(value) or value != int(value) or abs(value) > 2**31 - 1:
+            return "error", line, "score"
+        qrels.setdefault(query, {})[doc] = int(value)
+    return "ok", qrels
+
+
+def check_qrels(fuzz_dir, one_line, table, known):
+    content, delimiter, header, rows, lines, blanks = table
+    path = write(fuzz_dir, "qrels.tsv", content)
+    result, err = outcome(lambda: read_qrels(path))
+    if not rows:
+        assert err is not None and err.line == 1
+        return
+    want = expected_qrels(rows, lines)
+    event("accepted" if want[0] == "ok" else f"error at {want[2]}")
+    if want[0] == "error":
+        assert err is not None, f"accepted; expected an error at {want[1:]}"
+        check_error(err, path, one_line)
+        assert (err.line, err.field) == want[1:], str(err)
+        return
+    assert err is None and result == (want[1], blanks), err
+    queries, docs = known
+    total = sum(len(d) for d in want[1].values())
+    matched, err = outcome(lambda: match_qrels("x", docs, docs, dict.fromkeys(queries, "t"), want[1], False, str(path)))
+    if err is not None:  # no query of the qrels is known: nothing to score, said in one line
+        message = str(check_error(err, path, one_line))
+        assert not set(want[1]) & set(queries) and "no qrels row names a query" in message
+        return
+    kept = sum(len(d) for d in matched.qrels.values())
+    assert kept + matched.skipped.get("qrels_rows_unknown_query", 0) == total  # no row lost uncounted
+    assert matched.skipped.get("qrels_rows_unknown_document", 0) == sum(
+        1 for d in matched.qrels.values() for doc in d if doc not in docs)
+    assert matched.query_ids == [q for q in queries if q in want[1]]
+
+
+QRELS_TABLES = delimited(header=["query-id", "corpus-id", "score"], max_rows=8,
+                         cells=mostly(["0", "1", "2", "3"], QREL_CELLS)).filter(
+    lambda table: table[1] == "\t")  # qrels are TSV in BEIR's layout
+KNOWN = st.tuples(st.lists(st.sampled_from(["q1", "q2", "q3", "0", "1"]), unique=True),
+                  st.lists(st.sampled_from(["d1", "d2", "d3", "0", "2"]), unique=True))
+
+
+@given(table=QRELS_TABLES, known=KNOWN)
+def test_qrels_are_graded_rows_every_one_counted(fuzz_dir, one_line, table, known):
+    check_qrels(fuzz_dir, one_line, table, known)
+
+
+@pytest.mark.slow
+@SOAK
+@given(table=QRELS_TABLES, known=KNOWN)
+def test_qrels_are_graded_rows_every_one_counted_soak(fuzz_dir, one_line, table, known):
+    check_qrels(fuzz_dir, one_line, table, known)
 
 
 # ---- regressions: one test per bug the fuzzing (or the fixing) turned up -------------------------------------------

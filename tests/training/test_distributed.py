@@ -124,6 +124,8 @@ VARIANTS = {  # name -> (model kind, train fields)
 # The control: without the gradient through the gather, each rank's candidates miss the other rank's anchors'
 # gradient, so the comparison above must see a difference (it is not blind).
 APPROXIMATE = ("llama-gather-without-grad", ("llama", {"loss": "infonce", "gather_with_grad": False}))
+# The uninterrupted 2-rank run the resume test compares with (its CLI flags give the same config).
+UNINTERRUPTED = ("llama-4-steps", ("llama", {"loss": "infonce", "max_steps": 4, "save_steps": 2}))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,7 @@ def two_rank_runs(model_dirs, uneven_data_dir, tmp_path_factory) -> Path:
     """Every variant trained by one 2-rank launch (one start-up for all)."""
     root = tmp_path_factory.mktemp("two_ranks")
     cases = [case(model_dirs[kind], uneven_data_dir, root / name, **fields)
-             for name, (kind, fields) in [*VARIANTS.items(), APPROXIMATE]]
+             for name, (kind, fields) in [*VARIANTS.items(), APPROXIMATE, UNINTERRUPTED]]
     spec = root / "cases.json"
     spec.write_text(json.dumps(cases))
     code, output = finish(launch([str(WORKER), str(spec)], root), timeout=900)
@@ -185,12 +187,9 @@ def cli(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "0", "--lora-dropout", "0", "--warmup-ratio", "0", "--chunk-tokens", "48", *extra]
 
 
-def test_resume_under_two_ranks_continues_exactly(model_dirs, uneven_data_dir, tmp_path):
+def test_resume_under_two_ranks_continues_exactly(two_rank_runs, model_dirs, uneven_data_dir, tmp_path):
     model = model_dirs["llama"]
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    code, output = finish(launch(cli(model, uneven_data_dir, whole, "--max-steps", "4", "--save-steps", "2"),
-                                 tmp_path))
-    assert code == 0, output[-3000:]
+    whole, broken = two_rank_runs / UNINTERRUPTED[0], tmp_path / "broken"
     code, output = finish(launch(cli(model, uneven_data_dir, broken, "--max-steps", "4", "--save-steps", "2"),
                                  tmp_path, EMBEDTUNE_FAULT="kill:step:2"))
     assert code != 0 and len(steps_of(broken)) == 2, output[-3000:]
@@ -373,3 +372,13 @@ def test_ranks_starting_together_convert_a_gguf_once(tiny_model_dir, tmp_path):
     assert all(p.returncode == 0 for p in ranks), [err[-1500:] for _, err in results]
     assert count.read_text().splitlines() == ["converted"]
     assert len({out.strip().splitlines()[-1] for out, _ in results}) == 1  # all load the same folder
+
+
+def test_a_sweep_under_a_launcher_is_refused_before_any_run(tmp_path, monkeypatch):
+    from embedtune.sweep import run_sweep
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = Config.from_dict({"train": {"output_dir": str(tmp_path / "sweep")}})
+    with pytest.raises(ConfigError, match="run `embedtune sweep` as one process"):
+        run_sweep(config, ["train.lr=1e-4,2e-4"])
+    assert not (tmp_path / "sweep").exists()

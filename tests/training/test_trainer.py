@@ -83,7 +83,9 @@ def test_metrics_and_dev_evaluation(tiny_model_dir, tiny_data_dir, tmp_path):
     steps = [e for e in events if "loss" in e]
     evals = [e for e in events if "eval" in e]
     assert [e["step"] for e in steps] == [1, 2, 3, 4]
-    assert all(set(e) == {"step", "loss", "lr", "tokens_per_s", "seconds", "gflops", "peak_rss_gb"} for e in steps)
+    assert all(set(e) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "seconds", "gflops", "peak_rss_gb"}
+               for e in steps)
+    assert all(e["grad_norm"] > 0 for e in steps)
     assert all(0.05 < e["peak_rss_gb"] < 64 for e in steps)
     assert [e["step"] for e in evals] == [2, 4]
     assert all(set(e["eval"]) == {"stsbenchmark-dev"} for e in evals)

@@ -17,15 +17,42 @@ def _ordered(tasks: dict[str, Any]) -> list[str]:
 
 
 def eval_markdown(result: dict[str, Any]) -> str:
-    """One evaluation as a Markdown table: a row per task, then average ± population std."""
+    """One evaluation as a Markdown table: a row per task, then average ± population std; other kinds than STS
+    (pair classification, retrieval) follow, a table each."""
+    settings = f"pooling: {result.get('pooling')}, prompt: {result.get('prompt')!r}, {result['seconds']:.1f} s"
+    if not result["tasks"]:  # other kinds only
+        return "\n".join([f"# Evaluation: {result['model']}", "", settings] + other_kinds_markdown(result)) + "\n"
     lines = [f"# STS evaluation: {result['model']}", "", "| task | Spearman x100 | pairs |", "|---|---:|---:|"]
     for name in _ordered(result["tasks"]):
         task = result["tasks"][name]
         lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {task['spearman']:.2f} | {task['n']} |")
     lines.append(f"| **Average** | **{result['average']:.2f} ± {result['std']:.2f}** | |")
-    lines += ["", f"pooling: {result.get('pooling')}, prompt: {result.get('prompt')!r}, "
-                  f"{result['seconds']:.1f} s, {result.get('sentences_per_s')} sentences/s"]
-    return "\n".join(lines) + "\n"
+    lines += ["", f"{settings}, {result.get('sentences_per_s')} sentences/s"]
+    return "\n".join(lines + other_kinds_markdown(result)) + "\n"
+
+
+# Columns of the other kinds' tables: (JSON key, header); main score first.
+KIND_COLUMNS = {
+    "pair_classification": (("ap", "AP x100"), ("f1", "F1 x100"), ("accuracy", "accuracy x100"), ("n", "pairs")),
+    "retrieval": (("ndcg@10", "nDCG@10"), ("recall@10", "recall@10"), ("recall@100", "recall@100"),
+                  ("mrr@10", "MRR@10"), ("map@10", "MAP@10"), ("queries", "queries"), ("documents", "documents")),
+}
+
+
+def other_kinds_markdown(result: dict[str, Any]) -> list[str]:
+    """A table per kind other than STS in the result (Markdown lines), each with its average main score."""
+    lines: list[str] = []
+    for kind, columns in KIND_COLUMNS.items():
+        section = result.get(kind)
+        if not section:
+            continue
+        lines += ["", f"## {kind.replace('_', ' ').capitalize()}", "",
+                  "| task | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---:|" * len(columns)]
+        for name, task in section["tasks"].items():
+            cells = [f"{task[k]:.2f}" if isinstance(task[k], float) else str(task[k]) for k, _ in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| **Average** | **{section['average']:.2f}** |" + " |" * (len(columns) - 1))
+    return lines
 
 
 def comparison_markdown(base: dict[str, Any], tuned: dict[str, Any], title: str = "") -> str:
@@ -59,8 +86,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_training(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """loss.png and dev_spearman.png against step, from metrics.jsonl."""
+def pyplot():
+    """matplotlib.pyplot, headless (Agg), with its font cache in embedtune's cache."""
     import os
 
     from embedtune.models.loading import cache_dir
@@ -72,6 +99,12 @@ def plot_training(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_training(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """loss.png and dev_spearman.png against step, from metrics.jsonl."""
+    plt = pyplot()
     events = read_metrics(metrics_path)
     out_dir = Path(out_dir)
     written = []

@@ -95,7 +95,8 @@ class STSEvaluator:
             b = vectors[[row[t] for t in data.sentences2]]
             score = spearman_x100(paired_cosine(a, b), data.scores)
             # Full precision in the JSON (display rounds): MTEB agreement is checked to 1e-4.
-            tasks[data.name + self.name_suffix] = {"spearman": score, "n": len(data)}
+            tasks[data.name + self.name_suffix] = {"spearman": score, "n": len(data), "kind": "sts",
+                                                   "main_score": score}
         seconds = time.perf_counter() - start
         average, std = average_and_std([t["spearman"] for t in tasks.values()])
         return {
