@@ -141,7 +141,12 @@ def two_rank_runs(model_dirs, uneven_data_dir, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+# The default run covers both models, both losses, with and without hard negatives; the rest run with -m slow.
+DEFAULT_VARIANTS = ("llama-infonce", "llama-cached", "gemma-cached-no-hn")
+
+
+@pytest.mark.parametrize("name", [name if name in DEFAULT_VARIANTS else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in VARIANTS])
 def test_two_ranks_train_exactly_as_one_process(name, two_rank_runs, model_dirs, uneven_data_dir, tmp_path,
                                                 monkeypatch):
     monkeypatch.setenv("EMBEDTUNE_COMPILE_KERNELS", "0")
@@ -200,6 +205,7 @@ def test_resume_under_two_ranks_continues_exactly(two_rank_runs, model_dirs, une
     assert_same_training(whole, broken)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(model_dirs, uneven_data_dir, tmp_path):
     out = tmp_path / "run"
     process = launch(cli(model_dirs["llama"], uneven_data_dir, out, "--epochs", "1000", "--save-steps", "100000"),
@@ -216,6 +222,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(model_dirs, 
     assert len(saved) == 1 and int(saved[0].name.split("-")[1]) == len(steps_of(out))
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_stops_the_others_in_bounded_time(model_dirs, uneven_data_dir, tmp_path):
     import psutil
 
@@ -328,6 +335,7 @@ def test_the_shipped_sharding_configs_parse_and_name_what_this_machine_lacks(nam
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_run_under_two_ranks_reports_once_with_the_dev_evaluation_on_rank_zero(tiny_model_dir, tiny_data_dir,
                                                                               tmp_path):
     out = tmp_path / "run"
@@ -359,6 +367,7 @@ print(loading.gguf_to_hf_folder(gguf))
 """
 
 
+@pytest.mark.slow
 def test_ranks_starting_together_convert_a_gguf_once(tiny_model_dir, tmp_path):
     """The first use of a .gguf on K ranks at once: one converts, the others wait for it and reuse its folder."""
     gguf, count = tmp_path / "tiny.gguf", tmp_path / "conversions.txt"

@@ -71,15 +71,11 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     rank 0 alone writes into OUTPUT (docs/DISTRIBUTED.md).
     """
     t = config.train
-    # Launch, device, dtype and process group first: a batch the world size does not divide fails here.
-    check_engine_supports(check_launch(t.batch_size), t.eval_steps)
-    backend = embedder.backend if embedder is not None else Backend.for_launch(config.model.device, t.precision)
-    ranks = join(backend.device)
+    # The launch as declared (a batch the world size does not divide fails here), then data: bad files fail
+    # before any device work.
+    ranks = check_launch(t.batch_size)
+    check_engine_supports(ranks, t.eval_steps)
     out = prepare_output_dir(Path(t.output_dir)) if ranks.is_main else Path(t.output_dir)
-    barrier()  # the other ranks read checkpoints only after rank 0 has put the folder right
-    torch.manual_seed(t.seed)
-
-    # Data first: bad files fail before the model loads.
     triplets, cleaning = load_triplets(config.data, resolve_data_dir(config.data.data_dir), blocked_sentences(config),
                                        t.hard_negatives)
     log.info("training data: %s", cleaning.summary())
@@ -87,6 +83,12 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     if ranks.is_main:
         write_text_atomically(out / "data_report.json", json.dumps(cleaning.as_dict(), indent=2) + "\n")
         write_text_atomically(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+
+    # Device, dtype and process group, decided once for the whole run.
+    backend = embedder.backend if embedder is not None else Backend.for_launch(config.model.device, t.precision)
+    ranks = join(backend.device)
+    barrier()  # the other ranks read checkpoints only after rank 0 has put the folder right
+    torch.manual_seed(t.seed)
 
     # Model: base + LoRA (or the given adapter, trained further), a loss around it, AdamW over the trainable weights.
     # Quantised layers cannot train: an int8 option in the config applies to the run's evaluations only.
