@@ -15,7 +15,7 @@ import numpy as np
 
 from embedtune.data.pairs import PairData
 from embedtune.distributed import encode_across_ranks, is_main
-from embedtune.evaluation.sts import paired_cosine
+from embedtune.evaluation.sts import paired_cosine, unique_sentences
 from embedtune.models.embedder import Embedder
 
 
@@ -95,11 +95,7 @@ class PairEvaluator:
     unique_sentences: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        seen: dict[str, None] = {}
-        for data in self.datasets:
-            seen.update(dict.fromkeys(data.sentences1))
-            seen.update(dict.fromkeys(data.sentences2))
-        self.unique_sentences = list(seen)
+        self.unique_sentences = unique_sentences(self.datasets)
 
     def primary_score(self, result: dict) -> float:
         return float(result[self.primary_metric])

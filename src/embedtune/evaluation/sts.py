@@ -33,6 +33,15 @@ def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1.0 - 0.5 * np.einsum("ij,ij->i", diff, diff)
 
 
+def unique_sentences(datasets: Sequence) -> list[str]:
+    """Every sentence of the pair sets' two sides once, in first-seen order (each is encoded once)."""
+    seen: dict[str, None] = {}
+    for data in datasets:
+        seen.update(dict.fromkeys(data.sentences1))
+        seen.update(dict.fromkeys(data.sentences2))
+    return list(seen)
+
+
 def average_and_std(scores: Sequence[float]) -> tuple[float, float]:
     """The paper's convention: mean and population standard deviation over the tasks."""
     values = np.asarray(scores, dtype=np.float64)
@@ -58,11 +67,7 @@ class STSEvaluator:
     unique_sentences: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        seen: dict[str, None] = {}
-        for data in self.datasets:
-            seen.update(dict.fromkeys(data.sentences1))
-            seen.update(dict.fromkeys(data.sentences2))
-        self.unique_sentences = list(seen)
+        self.unique_sentences = unique_sentences(self.datasets)
 
     @classmethod
     def from_tasks(cls, tasks: Sequence[str] | None = None, data_dir: str | Path | None = None,
