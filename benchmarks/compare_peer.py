@@ -2,10 +2,19 @@
 
 Same model (Gemma-3-270M), same offline triplets (cleaned once, the same rows for both), same batch sizes
 (32 and 60), LoRA r 8 / alpha 32 / dropout 0.1 on q, k, v, o, EOS appended with last-token pooling, InfoNCE at
-temperature 0.05 (= MultipleNegativesRankingLoss scale 20), lr 5e-5, bf16, the same number of steps. Each
-side trains in its own subprocess (so that peak RSS is its own), alternating ours / peer per batch size.
+temperature 0.05 (= MultipleNegativesRankingLoss scale 20), lr 5e-5, the same precision (`--precision`, default
+auto: what embedtune picks on this machine, bf16 only where its matmul probe finds bf16 faster than fp32), the
+same number of steps. Each side trains in its own subprocess (so that peak RSS is its own), alternating ours /
+peer per batch size. The first lines name the CPU (model name, the ISA flags avx2 / avx512f / avx512_bf16 /
+amx_bf16, torch's capability) and the precision both sides run.
 
-    .venv/bin/python -m benchmarks.compare_peer --data-dir ../shared/data [--quick]
+    .venv/bin/python -m benchmarks.compare_peer --data-dir ../shared/data [--quick] [--precision auto|fp32|bf16]
+        [--cold]
+
+First use is reported apart from warm speed: per training run, the set-up (imports, loading, LoRA, data) and the
+untimed first steps (where embedtune compiles its kernels); per evaluation, loading and the encoding of 64
+warm-up texts before the timed nine-set pass. `--cold` gives each of our workers an empty torch inductor cache,
+so those figures include the whole kernel compile as on a fresh machine.
 
 `--quick`: 6 steps (the first 2 not timed), quality on three STS sets; evaluation speed is timed on all nine
 sets either way. On this machine at half speed 12 steps took 22 minutes and 8 steps about 22 too (the peer's
@@ -16,7 +25,8 @@ three matmul probes (start, after training, end). The last three lines are
 `ratio train_tokens_per_s X`, `ratio eval_speed X` and `ratio train_peak_rss X`.
 `--device` (default: the peer on CPU, ours on the library's default device) runs every side on one device;
 `python -m benchmarks.gpu_check` reuses these workers on CUDA. `--tasks` picks the quality check's sets,
-`--probe-seconds` the time per matmul probe (3 s; less for a smoke run).
+`--probe-seconds` the time per matmul probe (3 s; less for a smoke run; the probe runs at the chosen
+precision).
 """
 from __future__ import annotations
 
@@ -33,7 +43,14 @@ from benchmarks.harness import QUICK_TASKS, matmul_peak_gflops, peak_gpu_memory,
 
 # ---- workers (one subprocess each) -------------------------------------------------------------------------
 
+def worker_precision(args) -> str:
+    """The precision a worker runs: main passes the resolved one; started without it (gpu_check reuses these
+    workers), bf16 as before --precision existed."""
+    return "bf16" if args.precision == "auto" else args.precision
+
+
 def worker_ours(args) -> dict:
+    start = time.perf_counter()
     from embedtune.config import Config
     from embedtune.training.trainer import train
 
@@ -43,18 +60,21 @@ def worker_ours(args) -> dict:
         "data": {"train_files": [args.triplets], "decontaminate": False},
         "lora": {"targets": "attention"},
         "train": {"output_dir": args.out_dir, "batch_size": args.batch, "max_steps": args.steps, "lr": 5e-5,
-                  "precision": "bf16", "eval_steps": 0, "save_steps": args.steps, "seed": 0},
+                  "precision": worker_precision(args), "eval_steps": 0, "save_steps": args.steps, "seed": 0},
     }).validate()
-    log = harness.StepLog()
+    log = harness.StepLog(extra=lambda event: {"ended_at": time.perf_counter()})
     final = train(config, callbacks=[log])
     losses = [e["loss"] for e in log.steps]
     step_seconds = [e["seconds"] for e in log.steps]
     seconds = step_seconds[args.warmup:]
+    setup = log.steps[0]["ended_at"] - step_seconds[0] - start  # imports, loading, LoRA, data: before step 1
     return {"adapter": str(final), "seconds_per_step": sum(seconds) / len(seconds), "peak_rss_gb": peak_rss_gb(),
-            "final_loss": losses[-1], "losses": losses, "step_seconds": step_seconds, **peak_gpu_memory()}
+            "final_loss": losses[-1], "losses": losses, "step_seconds": step_seconds, "setup_seconds": setup,
+            "precision": worker_precision(args), **peak_gpu_memory()}
 
 
 def worker_peer(args) -> dict:
+    start = time.perf_counter()
     import datasets
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import (
@@ -79,16 +99,19 @@ def worker_peer(args) -> dict:
                            "nothing")
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
     device = args.device or "cpu"
+    precision = worker_precision(args)
     model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device=device)
     eos = model.tokenizer.eos_token
     rows = harness.read_triplet_rows(args.triplets)
     data = datasets.Dataset.from_dict({"anchor": [r[0] + eos for r in rows], "positive": [r[1] + eos for r in rows],
                                        "negative": [r[2] + eos for r in rows]})
     times: list[float] = []
+    began: list[float] = []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *a, **k):
             self.start = time.perf_counter()
+            began.append(self.start)
 
         def on_step_end(self, *a, **k):
             harness.synchronize()
@@ -96,8 +119,8 @@ def worker_peer(args) -> dict:
 
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.out_dir, per_device_train_batch_size=args.batch, learning_rate=5e-5, max_steps=args.steps,
-        warmup_ratio=0.05, bf16=True, use_cpu=device == "cpu", logging_steps=1, save_strategy="no", report_to=[],
-        seed=0, dataloader_drop_last=True)
+        warmup_ratio=0.05, bf16=precision == "bf16", use_cpu=device == "cpu", logging_steps=1, save_strategy="no",
+        report_to=[], seed=0, dataloader_drop_last=True)
     trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=data,
                                          loss=losses.MultipleNegativesRankingLoss(model, scale=20.0),
                                          callbacks=[StepTimer()])
@@ -108,7 +131,7 @@ def worker_peer(args) -> dict:
     return {"adapter": str(adapter), "seconds_per_step": sum(seconds) / len(seconds), "peak_rss_gb": peak_rss_gb(),
             "final_loss": result.training_loss,
             "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e], "step_seconds": times,
-            **peak_gpu_memory()}
+            "setup_seconds": began[0] - start, "precision": precision, **peak_gpu_memory()}
 
 
 def worker_eval(args) -> dict:
@@ -117,36 +140,54 @@ def worker_eval(args) -> dict:
     from embedtune.models.embedder import Embedder
 
     evaluator = STSEvaluator.from_tasks(args.tasks, args.data_dir, show_progress=False)
-    result = evaluator(Embedder(args.model, adapter=args.adapter, device=args.device))
+    result = evaluator(Embedder(args.model, adapter=args.adapter, device=args.device,
+                                precision=worker_precision(args)))
     return {"average": result["average"], "tasks": {k: v["spearman"] for k, v in result["tasks"].items()}}
 
 
 def worker_eval_speed(args) -> dict:
-    from benchmarks.eval_speed import run_peer
+    """Nine-set evaluation speed of one side: load and a 64-text warm-up (first use) timed apart from the pass."""
+    from benchmarks.eval_speed import encode_peer, peer_model, warm_peer
     from embedtune.evaluation.sts import STSEvaluator
     from embedtune.models.embedder import Embedder
     from embedtune.models.loading import resolve_model
 
     datasets = harness.sts_sets(args.data_dir, args.tasks)
+    evaluator = STSEvaluator(datasets, show_progress=False)
+    sample = harness.warmup_sample(evaluator.unique_sentences)
+    precision = worker_precision(args)
+    start = time.perf_counter()
     if args.side == "ours":
-        evaluator = STSEvaluator(datasets, show_progress=False)
-        embedder = Embedder(args.model, device=args.device)
+        embedder = Embedder(args.model, device=args.device, precision=precision)
+        loaded = time.perf_counter()
+        embedder.encode(sample)
+        warmed = time.perf_counter()
         result = harness.timed_evaluation(evaluator, embedder)
         tokens = sum(map(len, embedder.tokenize(evaluator.unique_sentences)))
-        return {"seconds": result["seconds"], "tokens": tokens, "average": result["average"]}
-    scores, seconds = run_peer(resolve_model(args.model).location, datasets, 32, args.device or "cpu")
-    return {"seconds": seconds, "average": sum(scores.values()) / len(scores)}
+        return {"seconds": result["seconds"], "tokens": tokens, "average": result["average"],
+                "load_seconds": loaded - start, "warmup_seconds": warmed - loaded, "precision": precision}
+    model = peer_model(resolve_model(args.model).location, args.device or "cpu", precision)
+    loaded = time.perf_counter()
+    warm_peer(model, sample, 32)
+    warmed = time.perf_counter()
+    scores, seconds = encode_peer(model, datasets, 32)
+    return {"seconds": seconds, "average": sum(scores.values()) / len(scores), "load_seconds": loaded - start,
+            "warmup_seconds": warmed - loaded, "precision": precision}
 
 
 WORKERS = {"ours": worker_ours, "peer": worker_peer, "eval": worker_eval, "eval_speed": worker_eval_speed}
 
 
-def process_env(side: str, peer_runtime: bool) -> dict[str, str]:
+def process_env(side: str, peer_runtime: bool, cold: bool = False) -> dict[str, str]:
     """Ours runs as the `embedtune` command does (mimalloc, bounded kernel caches: embedtune/runtime.py); the
     peer as sentence-transformers users run it (glibc malloc, the libraries' default cache sizes; importing
-    embedtune in its worker would otherwise cap the caches in-process), unless --peer-runtime."""
+    embedtune in its worker would otherwise cap the caches in-process), unless --peer-runtime. `cold`: ours
+    gets an empty torch inductor cache (its kernels compiled from scratch, as on a fresh machine)."""
     if side == "ours" or peer_runtime:
-        return harness.embedtune_runtime()
+        env = harness.embedtune_runtime()
+        if side == "ours" and cold:
+            env[harness.INDUCTOR_CACHE_ENV] = harness.fresh_kernel_cache()
+        return env
     return harness.library_defaults()
 
 
@@ -169,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="+", help="STS sets of the quality check (default: all nine; --quick: "
                         f"{' '.join(QUICK_TASKS)}); worker: the sets to evaluate")
     parser.add_argument("--probe-seconds", type=float, default=3.0, help="time per matmul probe (three probes)")
+    harness.add_precision_option(parser)
+    harness.add_cold_option(parser)
     # worker-only options
     harness.add_worker_options(parser, WORKERS)
     for name in ("--batch", "--warmup"):
@@ -191,25 +234,30 @@ def main(argv: list[str] | None = None) -> None:
     from embedtune.models.embedder import Embedder
     from embedtune.training.metrics import non_embedding_parameters
 
-    probe = Embedder(args.model, device=args.device)
+    print(harness.describe_cpu(), flush=True)
+    precision, why = harness.resolve_precision(args.precision, args.device)
+    print(f"precision ours {precision}, peer {precision} ({why})", flush=True)
+    probe = Embedder(args.model, device=args.device, precision=precision)
     tokens_per_triplet = sum(len(x) for t in triplets for x in probe.tokenize([t.anchor, t.positive, t.negative])) \
         / len(triplets)
     n_params = non_embedding_parameters(probe.model)
     del probe
     # The matmul peak is probed at the start, after training and at the end: on a shared machine one probe can
     # land in a slow minute and flatter the efficiency figures; the highest probe is the peak.
-    probes = {"start": matmul_peak_gflops(args.probe_seconds, args.device or "cpu")}
+    device = args.device or "cpu"
+    probes = {"start": matmul_peak_gflops(args.probe_seconds, device, precision)}
     print(f"model {args.model}: {n_params / 1e6:.1f}M non-embedding parameters; {len(triplets)} triplets, "
-          f"{tokens_per_triplet:.1f} real tokens per triplet; bf16 matmul probe {probes['start']:.0f} GFLOP/s; "
-          f"{steps} steps")
+          f"{tokens_per_triplet:.1f} real tokens per triplet; {precision} matmul probe {probes['start']:.0f} "
+          f"GFLOP/s; {steps} steps")
 
     runs: dict[tuple[str, int], dict] = {}
     for batch in args.batches:  # alternate: ours, peer, ours, peer
         for side in ("ours", "peer"):
-            runs[side, batch] = spawn(side, process_env(side, args.peer_runtime), model=args.model, batch=batch,
-                                      steps=steps, triplets=work / "triplets.tsv", out_dir=work / f"{side}-{batch}",
-                                      warmup=min(2, steps - 1), device=args.device)
-    probes["after training"] = matmul_peak_gflops(args.probe_seconds, args.device or "cpu")
+            runs[side, batch] = spawn(side, process_env(side, args.peer_runtime, args.cold), model=args.model,
+                                      batch=batch, steps=steps, triplets=work / "triplets.tsv",
+                                      out_dir=work / f"{side}-{batch}", warmup=min(2, steps - 1), device=args.device,
+                                      precision=precision)
+    probes["after training"] = matmul_peak_gflops(args.probe_seconds, device, precision)
     peak = max(probes.values())
     print(f"\ntraining (GFLOP/s against the higher matmul probe so far, {peak:.0f})")
     print(f"{'side':<6}{'batch':>6}{'s/step':>9}{'real tok/s':>12}{'peak RSS GB':>13}{'GFLOP/s':>9}{'of peak':>9}")
@@ -218,10 +266,17 @@ def main(argv: list[str] | None = None) -> None:
         r["gflops"] = 4 * n_params * r["tokens_per_s"] / 1e9
         print(f"{side:<6}{batch:>6}{r['seconds_per_step']:>9.2f}{r['tokens_per_s']:>12.0f}{r['peak_rss_gb']:>13.2f}"
               f"{r['gflops']:>9.0f}{100 * r['gflops'] / peak:>8.0f}%")
+    kernels = "empty inductor cache for ours" if args.cold else "torch's kernel cache as found"
+    print(f"first use, before the timed steps ({kernels}):")
+    for (side, batch), r in runs.items():
+        warm = min(2, steps - 1)
+        print(f"  {side:<5} batch {batch}: set-up {r['setup_seconds']:.1f} s, steps 1-{warm} "
+              f"{sum(r['step_seconds'][:warm]):.1f} s (timed steps {r['seconds_per_step']:.2f} s each)")
 
     print(f"\nquality after the same steps (batch {args.batches[0]}, one evaluator for both)")
     quality = {side: spawn("eval", model=args.model, adapter=runs[side, args.batches[0]]["adapter"],
-                           data_dir=args.data_dir, tasks=tasks, device=args.device) for side in ("ours", "peer")}
+                           data_dir=args.data_dir, tasks=tasks, device=args.device, precision=precision)
+               for side in ("ours", "peer")}
     for side, q in quality.items():
         print(f"{side:<6} average {q['average']:.2f}  " + " ".join(f"{k} {v:.2f}" for k, v in q["tasks"].items()))
 
@@ -229,16 +284,19 @@ def main(argv: list[str] | None = None) -> None:
     # weighs more, so a 3-set figure understates the nine-set ratio (1.59x vs 2.57x measured).
     if not args.skip_eval_speed:
         print("\nevaluation speed (nine sets)")
-        speed = {side: spawn("eval_speed", process_env(side, args.peer_runtime), model=args.model, side=side,
-                             data_dir=args.data_dir, device=args.device)
+        speed = {side: spawn("eval_speed", process_env(side, args.peer_runtime, args.cold), model=args.model,
+                             side=side, data_dir=args.data_dir, device=args.device, precision=precision)
                  for side in ("ours", "peer")}
         eval_gflops = 2 * n_params * speed["ours"]["tokens"] / speed["ours"]["seconds"] / 1e9
         print(f"ours {speed['ours']['seconds']:.1f} s, peer {speed['peer']['seconds']:.1f} s; "
               f"ours {eval_gflops:.0f} GFLOP/s")
+        print("first use, before the timed pass: " + "; ".join(
+            f"{side} load {speed[side]['load_seconds']:.1f} s, warm-up {speed[side]['warmup_seconds']:.1f} s "
+            f"({harness.WARMUP_TEXTS} texts)" for side in ("ours", "peer")))
 
-    probes["end"] = matmul_peak_gflops(args.probe_seconds, args.device or "cpu")
+    probes["end"] = matmul_peak_gflops(args.probe_seconds, device, precision)
     peak = max(probes.values())
-    print("\nefficiency: bf16 matmul probes " + ", ".join(f"{k} {v:.0f}" for k, v in probes.items())
+    print(f"\nefficiency: {precision} matmul probes " + ", ".join(f"{k} {v:.0f}" for k, v in probes.items())
           + f" GFLOP/s; against the highest ({peak:.0f}): training (ours) "
           + ", ".join(f"{100 * runs['ours', b]['gflops'] / peak:.0f}% at batch {b}" for b in args.batches)
           + ("" if args.skip_eval_speed else f"; evaluation {100 * eval_gflops / peak:.0f}%"))

@@ -6,6 +6,8 @@
   settings;
 - measurements: the bf16 matmul probe that efficiency figures are rated against, peak RSS and GPU memory, a
   training callback that keeps each step's event;
+- the machine: which CPU and ISA a figure was measured on, the precision both sides run (`--precision`), and a
+  fresh kernel cache for first-use (cold) figures;
 - files: result JSON, TSV tables and the shared triplets (read with csv, never by splitting lines).
 
 Importing this module is cheap (no torch): a worker's environment is decided before torch loads.
@@ -13,9 +15,12 @@ Importing this module is cheap (no torch): a worker's environment is decided bef
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,13 @@ DEFAULT_MODEL = "gemma3-270m"
 QUICK_TASKS = ["sts17", "biosses", "stsbenchmark"]  # the quick quality check: the three smallest-to-load sets
 TRIPLET_COLUMNS = ("sent0", "sent1", "hard_neg")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+PRECISIONS = ("auto", "fp32", "bf16")
+# CPU flags that decide which kernels run: AVX2 only, AVX-512, bf16 dot products, AMX tiles
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+# switches that limit oneDNN / MKL below the CPU's own ISA (set them and the flags above overstate the kernels)
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+WARMUP_TEXTS = 64  # texts encoded before an evaluation is timed (first-use cost, reported apart)
 Workers = Mapping[str, Callable[[argparse.Namespace], Any]]
 
 
@@ -135,6 +147,94 @@ def spawn(module: str, kind: str, env: Mapping[str, str] | None = None, threads:
         return read_json(result)
 
 
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="both sides' precision (default auto: what embedtune's --precision auto picks on this "
+                             "machine, bf16 only where a measured matmul probe finds it faster than fp32)")
+
+
+def add_cold_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cold", action="store_true",
+                        help="embedtune starts with an empty torch inductor cache, so that its first-use figures "
+                             "include compiling the kernels as on a fresh machine")
+
+
+# ---- the machine -------------------------------------------------------------------------------------------
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """This CPU's name, logical CPU count and the ISA flags that matter (from /proc/cpuinfo, else `platform`),
+    torch's detected CPU capability and any ISA limit set in the environment. Importing torch is not needed."""
+    name, flags = "", set()
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not name:
+                name = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    info: dict[str, Any] = {"name": name or platform.processor() or platform.machine() or "unknown CPU",
+                            "logical_cpus": os.cpu_count(),
+                            "flags": {flag: flag in flags for flag in ISA_FLAGS} if flags else {},
+                            "limits": {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}}
+    if "torch" in sys.modules:
+        info["torch_capability"] = sys.modules["torch"].backends.cpu.get_cpu_capability()
+    return info
+
+
+def describe_cpu(info: Mapping[str, Any] | None = None) -> str:
+    """One line: 'cpu AMD EPYC, 2 logical CPUs; avx2 yes, avx512f no, ...; torch capability AVX2'."""
+    info = cpu_info() if info is None else info
+    parts = [f"cpu {info['name']}, {info['logical_cpus']} logical CPUs"]
+    if info["flags"]:
+        parts.append(", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["flags"].items()))
+    else:
+        parts.append("ISA flags unknown (no /proc/cpuinfo)")
+    if "torch_capability" in info:
+        parts.append(f"torch capability {info['torch_capability']}")
+    if info["limits"]:
+        parts.append("limited by " + " ".join(f"{k}={v}" for k, v in info["limits"].items()))
+    threads = {k: os.environ[k] for k in THREAD_VARIABLES if os.environ.get(k)}
+    if threads:
+        parts.append(" ".join(f"{k}={v}" for k, v in threads.items()))
+    return "; ".join(parts)
+
+
+def resolve_precision(precision: str, device: str | None = None) -> tuple[str, str]:
+    """`precision` as both sides will run it ("fp32" or "bf16") and why: "auto" is embedtune's own choice on
+    `device` (its matmul probe on a CPU), so the peer runs at the precision this machine runs best too."""
+    if precision != "auto":
+        return precision, "asked for"
+    import torch
+
+    from embedtune.models.backend import cpu_bf16_speedup, resolve_device, resolve_dtype
+
+    resolved = resolve_device(device)
+    chosen = "bf16" if resolve_dtype("auto", resolved) == torch.bfloat16 else "fp32"
+    if resolved.type == "cpu":
+        return chosen, f"auto: bf16 matmul {cpu_bf16_speedup():.2f}x the speed of fp32 on this CPU"
+    return chosen, f"auto on {resolved}"
+
+
+def fresh_kernel_cache(prefix: str = "inductor-cold-") -> str:
+    """An empty folder for torch inductor's compiled kernels (set as TORCHINDUCTOR_CACHE_DIR before the first
+    compile): a process using it pays the whole compile, as on a fresh machine. Removed when this process
+    exits (workers given it in their environment have finished by then)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def warmup_sample(texts: Sequence[str], n: int = WARMUP_TEXTS) -> list[str]:
+    """`n` texts spread evenly over the length range of `texts`: a warm-up that meets short and long batches."""
+    ordered = sorted(texts, key=len)
+    if len(ordered) <= n:
+        return ordered
+    return [ordered[round(i * (len(ordered) - 1) / (n - 1))] for i in range(n)]
+
+
 # ---- measurements ------------------------------------------------------------------------------------------
 
 def peak_rss_gb() -> float:
@@ -170,15 +270,17 @@ def peak_gpu_memory() -> dict[str, float]:
             "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved() / 1024 ** 3}
 
 
-def matmul_probe_rates(seconds: float = 3.0, device: str = "cpu") -> list[float]:
-    """GFLOP/s of single square bf16 products on `device`, looped for `seconds` (two sizes, half the time each)."""
+def matmul_probe_rates(seconds: float = 3.0, device: str = "cpu", precision: str = "bf16") -> list[float]:
+    """GFLOP/s of single square products in `precision` (bf16 or fp32) on `device`, looped for `seconds` (two
+    sizes, half the time each)."""
     import torch
 
     rates = []
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     wait = synchronize if device != "cpu" else lambda: None
     for n in ((1024, 2048) if device == "cpu" else (4096, 8192)):
-        a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-        b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
         a @ b
         end = time.perf_counter() + seconds / 2
         while True:
@@ -192,9 +294,9 @@ def matmul_probe_rates(seconds: float = 3.0, device: str = "cpu") -> list[float]
     return rates
 
 
-def matmul_peak_gflops(seconds: float = 3.0, device: str = "cpu") -> float:
-    """bf16 matmul peak of this machine's `device`, measured now (best of several square products)."""
-    return max(matmul_probe_rates(seconds, device))
+def matmul_peak_gflops(seconds: float = 3.0, device: str = "cpu", precision: str = "bf16") -> float:
+    """Matmul peak of this machine's `device` in `precision`, measured now (best of several square products)."""
+    return max(matmul_probe_rates(seconds, device, precision))
 
 
 def timed_evaluation(evaluator, embedder) -> dict:

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = {  # each script and flags its --help must list (the ones the docs quote)
     "anisotropy": ["--model", "--data-dir", "--n"],
     "compare_peer": ["--data-dir", "--model", "--quick", "--steps", "--batches", "--skip-eval-speed",
-                     "--peer-runtime", "--device"],
-    "eval_speed": ["--data-dir", "--model", "--quick", "--peer-batch-size"],
+                     "--peer-runtime", "--device", "--precision", "--cold"],
+    "eval_speed": ["--data-dir", "--model", "--quick", "--peer-batch-size", "--precision", "--cold", "--tasks",
+                   "--repeat"],
     "gpu_check": ["--arch", "--device", "--tiny", "--steps", "--batch", "--data-dir", "--tasks", "--tokenizer",
                   "--wheels", "--json", "--prepare"],
     "kernel_cache_growth": [],
@@ -86,3 +87,43 @@ def test_triplets_survive_tabs_and_quotes(tmp_path):
     triplets = [Triplet('He said "hi".', "a\ttab", "plain"), Triplet("x", "y", "z")]
     harness.write_triplets(tmp_path / "t.tsv", triplets)
     assert harness.read_triplet_rows(tmp_path / "t.tsv") == [(t.anchor, t.positive, t.negative) for t in triplets]
+
+
+AVX2_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx f16c fma avx2 bmi2
+
+processor\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx f16c fma avx2 bmi2
+"""
+
+
+def test_cpu_description_names_the_cpu_and_the_flags_that_matter(tmp_path, monkeypatch):
+    from benchmarks import harness
+
+    (tmp_path / "cpuinfo").write_text(AVX2_CPUINFO)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = harness.cpu_info(tmp_path / "cpuinfo")
+    assert info["name"] == "AMD EPYC"
+    assert info["flags"] == {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False}
+    line = harness.describe_cpu(info)
+    assert line.startswith("cpu AMD EPYC, ")
+    assert "avx2 yes, avx512f no, avx512_bf16 no, amx_bf16 no" in line and "ONEDNN_MAX_CPU_ISA=AVX2" in line
+    missing = harness.cpu_info(tmp_path / "absent")
+    assert missing["name"] and missing["flags"] == {} and "ISA flags unknown" in harness.describe_cpu(missing)
+    assert harness.describe_cpu().startswith("cpu ")  # this machine's
+
+
+def test_precision_and_warmup_sample():
+    from benchmarks import harness
+
+    assert harness.resolve_precision("fp32") == ("fp32", "asked for")
+    chosen, why = harness.resolve_precision("auto", "cpu")
+    assert chosen in ("fp32", "bf16") and why.startswith("auto: bf16 matmul")
+    texts = [str(i) * i for i in range(1, 201)]
+    sample = harness.warmup_sample(texts, 10)
+    assert len(sample) == 10 and sample[0] == texts[0] and sample[-1] == texts[-1]
+    assert harness.warmup_sample(texts[:3], 10) == texts[:3]
+    assert harness.matmul_peak_gflops(0.01, "cpu", "fp32") > 0

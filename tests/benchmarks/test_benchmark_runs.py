@@ -89,6 +89,28 @@ def test_eval_speed_quick(run_benchmark, tiny_gemma_dir, tiny_data_dir):
     ((ratio,),) = figures(rf"^ratio eval_speed {NUMBER}$", stdout)
     assert positive(ratio)
     assert "sets: 3, sentences: 72" in stdout
+    machine_lines(stdout, "embedtune", "peer")
+    for side in ("embedtune", "peer"):  # first use, apart from the warm evaluation
+        ((load, warmup),) = figures(rf"^{side}_first_use load {NUMBER} s, warm-up {NUMBER} s$", stdout)
+        assert float(load) > 0 and float(warmup) >= 0
+    ((total,),) = figures(rf"^ratio eval_speed with first use {NUMBER}$", stdout)
+    assert positive(total)
+
+
+def machine_lines(stdout: str, ours: str, peer: str) -> None:
+    """The CPU and the precision both sides ran are named before any figure."""
+    assert re.search(r"^cpu .+, \d+ logical CPUs; ", stdout, re.M)
+    assert re.search(rf"^precision {ours} (fp32|bf16), {peer} \1 \(", stdout, re.M)
+
+
+@pytest.mark.slow
+def test_eval_speed_cold_fp32_repeat(run_benchmark, tiny_gemma_dir, tiny_data_dir):
+    stdout = run_benchmark("eval_speed", "--model", tiny_gemma_dir, "--data-dir", tiny_data_dir, "--tasks",
+                           "biosses", "--precision", "fp32", "--cold", "--repeat", "2")
+    assert re.search(r"^precision embedtune fp32, peer fp32 \(asked for\)$", stdout, re.M)
+    assert "embedtune's inductor cache: empty (" in stdout
+    assert figures(rf"^embedtune_passes {NUMBER}, {NUMBER} s$", stdout)
+    assert "sets: 1," in stdout
 
 
 @pytest.mark.slow
@@ -104,6 +126,10 @@ def test_compare_peer_quick(run_benchmark, tiny_gemma_dir, tiny_data_dir):
     assert re.search(rf"^ours {NUMBER} s, peer {NUMBER} s; ours {NUMBER} GFLOP/s$", stdout, re.M)
     probes = figures(rf"start {NUMBER}, after training {NUMBER}, end {NUMBER} GFLOP/s", stdout)
     assert probes and all(positive(x) for x in probes[0])
+    machine_lines(stdout, "ours", "peer")
+    first_use = figures(rf"^  (ours|peer)\s+batch 4: set-up {NUMBER} s, steps 1-2 {NUMBER} s", stdout)
+    assert [row[0] for row in first_use] == ["ours", "peer"] and all(positive(r[1]) for r in first_use)
+    assert figures(rf"^first use, before the timed pass: ours load {NUMBER} s, warm-up {NUMBER} s", stdout)
     last = stdout.strip().splitlines()[-3:]
     assert [line.rsplit(" ", 1)[0] for line in last] == ["ratio train_tokens_per_s", "ratio eval_speed",
                                                           "ratio train_peak_rss"]
