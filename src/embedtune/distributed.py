@@ -170,15 +170,6 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when it is true on one (a stop signal, a bad step): ranks must leave loops together."""
-    if not is_joined():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
-
-
 def mean_and_sum(mean_part: float, sum_part: int) -> tuple[float, int]:
     """The mean over ranks of one number and the sum of another, in one collective (a step's loss, its tokens):
     every rank's loss is the mean over an equal share of the batch, so their mean is the global batch's loss."""
@@ -234,18 +225,16 @@ def encode_across_ranks(encode: Callable[[list[str]], np.ndarray], texts: Sequen
         return encode(list(texts))
     world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    mine = [by_length[i] for i in shares(len(texts), world)[rank]]
-    local = torch.from_numpy(np.ascontiguousarray(encode([texts[i] for i in mine]), dtype=np.float32))
-    width = max(len(s) for s in shares(len(texts), world))
-    padded = torch.zeros((width, local.shape[1]), dtype=torch.float32)
-    padded[:len(mine)] = local
+    rows = [[by_length[i] for i in share] for share in shares(len(texts), world)]  # input rows, per rank
+    local = torch.from_numpy(np.ascontiguousarray(encode([texts[i] for i in rows[rank]]), dtype=np.float32))
+    padded = torch.zeros((len(rows[0]), local.shape[1]), dtype=torch.float32)  # rank 0's share is the largest
+    padded[:len(rows[rank])] = local
     device = _collective_device()
     gathered = [torch.empty_like(padded, device=device) for _ in range(world)]
     torch.distributed.all_gather(gathered, padded.to(device))
     result = np.zeros((len(texts), padded.shape[1]), dtype=np.float32)
-    for r, part in enumerate(gathered):
-        rows = [by_length[i] for i in shares(len(texts), world)[r]]
-        result[rows] = part[:len(rows)].cpu().numpy()
+    for part, ranks_rows in zip(gathered, rows, strict=True):
+        result[ranks_rows] = part[:len(ranks_rows)].cpu().numpy()
     return result
 
 

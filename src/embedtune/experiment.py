@@ -78,19 +78,17 @@ def run_experiment(config: Config, base: dict | None = None) -> dict:
     say(f"3/3 evaluation of the tuned model ({selected['by']} adapter, step {selected['step']})")
     tuned = evaluator(Embedder.from_config(config.model, adapter=selected["adapter"], backend=backend))
     report = {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": plan,
-              "seconds": round(time.perf_counter() - started, 1), "selected": selected,
-              "paths": {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}}
+              "seconds": round(time.perf_counter() - started, 1), "selected": selected}
+    paths = {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}
     if not main:
-        return report
+        return {**report, "paths": paths}
     write_result(tuned, out / "tuned.json")
 
-    del report["paths"]
     plots = [p for p in (out / "loss.png", out / "dev_spearman.png") if p.is_file()]  # drawn by train()
     write_text_atomically(out / "report.md", _report_markdown(config, report, plots, out, note))
     write_run_page(out, report)  # report.html and environment.json
     write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n")  # last: the run is done
-    report["paths"] = {"report_md": str(out / "report.md"), "report_json": str(out / "report.json")}
-    return report
+    return {**report, "paths": paths}
 
 
 def say(stage: str) -> None:

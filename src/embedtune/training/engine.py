@@ -34,13 +34,11 @@ def shards_weights(ranks: Ranks) -> bool:
 class Engine:
     """One process: the model itself. Several: the model as accelerate prepared it, and its optimizer."""
 
-    def __init__(self, ranks: Ranks, model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator=None,
-                 wrapped: torch.nn.Module | None = None):
+    def __init__(self, ranks: Ranks, wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator=None):
         self.ranks = ranks
-        self.model = model
+        self.wrapped = wrapped  # the model itself in one process
         self.optimizer = optimizer
         self.accelerator = accelerator
-        self.wrapped = wrapped if wrapped is not None else model
 
     @classmethod
     def create(cls, ranks: Ranks, embedder, optimizer: torch.optim.Optimizer, batch_size: int) -> Engine:
@@ -61,7 +59,7 @@ class Engine:
         wrapped, prepared = accelerator.prepare(embedder.model, optimizer)
         embedder.training_module = wrapped
         log.info("rank %d of %d: %s engine on %s", ranks.rank, ranks.world_size, engine(), embedder.device)
-        return cls(ranks, embedder.model, prepared, accelerator, wrapped)
+        return cls(ranks, wrapped, prepared, accelerator)
 
     def backward(self, loss: torch.Tensor, loss_parameters: Sequence[torch.nn.Parameter]) -> None:
         if self.accelerator is None:
