@@ -21,6 +21,7 @@ SCRIPTS = {  # each script and flags its --help must list (the ones the docs quo
     "gpu_check": ["--arch", "--device", "--tiny", "--steps", "--batch", "--data-dir", "--tasks", "--tokenizer",
                   "--wheels", "--json", "--prepare"],
     "kernel_cache_growth": [],
+    "int8_sensitivity": ["--data-dir", "--model", "--tasks", "--schemes", "--layers", "--matmuls"],
     "levers": ["--data-dir", "--model", "--steps", "--batch", "--paired-only"],
     "matmul_ceiling": ["--data-dir", "--model", "--rounds", "--batch"],
     "memory_anatomy": ["--data-dir", "--model", "--batch", "--steps"],
