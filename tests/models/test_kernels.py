@@ -73,6 +73,27 @@ def test_failed_compile_falls_back_to_eager(monkeypatch, caplog):
     assert kernel.failed and sum("compiling geglu_forward failed" in r.message for r in caplog.records) == 1
 
 
+def test_a_slow_first_call_reports_its_compile_cost_once(monkeypatch, caplog):
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)  # no real compile: the report is what is tested
+    monkeypatch.setattr(kernels, "SHOW_COMPILE_SECONDS", 0.0)
+    kernel = Kernel(kernels.geglu_forward)
+    gate, up = rows(4, 8, torch.float32, 6), rows(4, 8, torch.float32, 7)
+    with caplog.at_level(logging.INFO, logger="embedtune.models.kernels"):
+        kernel(True, gate, up)
+        kernel(True, gate, up)
+    reports = [r for r in caplog.records if "compiled geglu_forward on first use in" in r.message]
+    assert len(reports) == 1 and reports[0].levelno == logging.INFO and kernels.ENV in reports[0].message
+
+
+def test_a_fast_first_call_from_torchs_cache_stays_quiet(monkeypatch, caplog):
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
+    monkeypatch.setattr(kernels, "SHOW_COMPILE_SECONDS", 3600.0)
+    kernel = Kernel(kernels.geglu_forward)
+    with caplog.at_level(logging.INFO, logger="embedtune.models.kernels"):
+        kernel(True, rows(4, 8, torch.float32, 6), rows(4, 8, torch.float32, 7))
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+
+
 def test_switched_off_runs_eager(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "0")
     from embedtune.models.backend import Backend

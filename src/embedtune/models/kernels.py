@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import torch
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 ENV = "EMBEDTUNE_COMPILE_KERNELS"
 RECOMPILE_LIMIT = 64
+# A first call slower than this was a real compile (not torch's cache): say what it cost, once per kernel.
+SHOW_COMPILE_SECONDS = 1.0
 
 
 def rms_norm_forward(x: torch.Tensor, scale: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +100,8 @@ class Kernel:
         """Run on `args`, compiled when `compiled` (the backend's choice) and compiling has not failed."""
         if not compiled or self.failed:
             return self.eager(*args)
-        if self.compiled is None:
+        first_use = self.compiled is None
+        if first_use:
             # Each dtype, grad mode and inference-tensor state is its own compiled variant; a process that
             # trains, evaluates and serves in two dtypes needs more than dynamo's default limit of 8, past which
             # a fullgraph function fails for good.
@@ -106,13 +110,22 @@ class Kernel:
         try:
             # Grad mode and autocast are part of what dynamo specialises on; the kernels need neither (backward is
             # written by hand in models/fused.py, dtypes are explicit), so one state serves every caller.
+            start = time.perf_counter()
             with torch.no_grad(), torch.autocast(args[0].device.type, enabled=False):
-                return self.compiled(*args)
+                result = self.compiled(*args)
+            if first_use:
+                self._report_first_use(time.perf_counter() - start)
+            return result
         except Exception as err:  # noqa: BLE001 - any compiler failure: the eager code computes the same
             self.failed = True
             log.warning("compiling %s failed (%s: %s); using eager PyTorch ops (slower, same values). Set %s=0 "
                         "to skip the attempt.", self.eager.__name__, type(err).__name__, str(err)[:200], ENV)
             return self.eager(*args)
+
+    def _report_first_use(self, seconds: float) -> None:
+        level = logging.INFO if seconds >= SHOW_COMPILE_SECONDS else logging.DEBUG
+        log.log(level, "compiled %s on first use in %.1f s (torch caches it for later runs; %s=0 skips compiling)",
+                self.eager.__name__, seconds, ENV)
 
 
 RMS_NORM_FORWARD = Kernel(rms_norm_forward)
