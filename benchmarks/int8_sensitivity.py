@@ -88,24 +88,26 @@ def smooth(embedder: Embedder, calibration: list[str]) -> None:
         setattr(parent, child_name, torch.nn.Sequential(InputScale(1 / factors), child))
 
 
-def quantize(embedder: Embedder, names: set[str], per_channel: bool) -> None:
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+def quantize(embedder: Embedder, names: set[str]) -> None:
+    """Per-channel dynamic int8 for the linear layers named (the product's own `--quantize int8` is per-tensor)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's deprecation notice for its quantised tensor types
-        embedder.model = quantize_dynamic(embedder.model.eval(), {n: qconfig for n in names}, dtype=torch.qint8)
+        embedder.model = quantize_dynamic(embedder.model.eval(), {n: per_channel_dynamic_qconfig for n in names},
+                                          dtype=torch.qint8)
 
 
 def build(model: str, scheme: str, calibration: list[str]) -> Embedder:
+    if scheme == "per-tensor":
+        return Embedder(model, precision="fp32", quantize="int8")  # exactly what `--quantize int8` runs
     embedder = Embedder(model, precision="fp32")
     if scheme == "fp32":
         return embedder
     if scheme.startswith("smooth"):
         smooth(embedder, calibration)
     keep_down = scheme.endswith("fp32-down")
-    names = linear_names(embedder.model, lambda n: not (keep_down and "down_proj" in n))
-    quantize(embedder, names, per_channel=scheme != "per-tensor")
+    quantize(embedder, linear_names(embedder.model, lambda n: not (keep_down and "down_proj" in n)))
     return embedder
 
 
@@ -141,7 +143,7 @@ def layer_sensitivity(args: argparse.Namespace, texts: list[str], reference: np.
     print("part\tcosine mean\tcosine min")
     for part, keep in parts.items():
         embedder = Embedder(args.model, precision="fp32")
-        quantize(embedder, linear_names(embedder.model, keep), per_channel=True)
+        quantize(embedder, linear_names(embedder.model, keep))
         cosine = (embedder.encode(sample) * expected).sum(1)
         print(f"{part}\t{cosine.mean():.4f}\t{cosine.min():.4f}", flush=True)
 

@@ -100,22 +100,28 @@ class Kernel:
         """Run on `args`, compiled when `compiled` (the backend's choice) and compiling has not failed."""
         if not compiled or self.failed:
             return self.eager(*args)
-        first_use = self.compiled is None
-        if first_use:
-            # Each dtype, grad mode and inference-tensor state is its own compiled variant; a process that
-            # trains, evaluates and serves in two dtypes needs more than dynamo's default limit of 8, past which
-            # a fullgraph function fails for good.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-            self.compiled = torch.compile(self.source, dynamic=True, fullgraph=True)
+        if self.compiled is None:
+            return self._compile_and_run(*args)
+        return self._run_compiled(*args)
+
+    def _compile_and_run(self, *args):
+        # Each dtype, grad mode and inference-tensor state is its own compiled variant; a process that trains,
+        # evaluates and serves in two dtypes needs more than dynamo's default limit of 8, past which a fullgraph
+        # function fails for good.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        self.compiled = torch.compile(self.source, dynamic=True, fullgraph=True)
+        start = time.perf_counter()  # torch compiles on this first call
+        result = self._run_compiled(*args)
+        if not self.failed:
+            self._report_first_use(time.perf_counter() - start)
+        return result
+
+    def _run_compiled(self, *args):
         try:
             # Grad mode and autocast are part of what dynamo specialises on; the kernels need neither (backward is
             # written by hand in models/fused.py, dtypes are explicit), so one state serves every caller.
-            start = time.perf_counter()
             with torch.no_grad(), torch.autocast(args[0].device.type, enabled=False):
-                result = self.compiled(*args)
-            if first_use:
-                self._report_first_use(time.perf_counter() - start)
-            return result
+                return self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure: the eager code computes the same
             self.failed = True
             log.warning("compiling %s failed (%s: %s); using eager PyTorch ops (slower, same values). Set %s=0 "
