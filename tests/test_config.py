@@ -1,6 +1,8 @@
 """One typed config for CLI, YAML and Python: unknown keys and invalid values are rejected up front."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from embedtune.cli import DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, build_parser, config_from_args
@@ -70,3 +72,18 @@ def test_paper_defaults():
     assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (8, 32, 0.1)
     assert (config.train.batch_size, config.train.lr, config.train.temperature, config.train.epochs) == \
         (60, 5e-5, 0.05, 1)
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    config = Config.from_yaml(path).validate()  # a misspelt key or a bad value raises ConfigError
+    assert config.model.name == "gemma3-270m" and config.train.batch_size == 32
+
+
+def test_the_ablation_config_pins_fp32_and_scores_the_final_adapter():
+    config = Config.from_yaml(Path(__file__).parents[1] / "configs" / "ablation-cpu.yaml")
+    assert (config.train.precision, config.eval.precision, config.train.select) == ("fp32", "fp32", "final")
+    assert (config.train.max_steps, config.train.lr, config.lora.targets) == (100, 2e-4, "attention")

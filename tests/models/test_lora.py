@@ -1,6 +1,8 @@
 """LoRA helpers: continuing from a saved adapter, the shared-mask dropout and its boolean-mask autograd function."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -58,3 +60,13 @@ def test_shared_mask_dropout_drops_at_rate_p_and_shares_one_output():
     assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 1 / 0.9))
     q.eval()
     assert q(x) is x
+
+
+def test_wrapping_a_model_prints_no_deprecation_warning_from_pefts_probes(tiny_model_dir, tiny_adapter_dir):
+    from transformers import AutoModel
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the project's pytest settings ignore FutureWarning; this test may not
+        attach_lora(AutoModel.from_pretrained(tiny_model_dir), LoraConfig())
+        attach_lora(AutoModel.from_pretrained(tiny_model_dir), LoraConfig(), str(tiny_adapter_dir))
+    assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []
