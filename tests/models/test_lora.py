@@ -8,6 +8,7 @@ import torch
 
 from embedtune.config import LoraConfig
 from embedtune.errors import ModelError
+from embedtune.models.embedder import Embedder
 from embedtune.models.lora import KeepMask, SharedMaskDropout, attach_lora
 
 
@@ -69,4 +70,5 @@ def test_wrapping_a_model_prints_no_deprecation_warning_from_pefts_probes(tiny_m
         warnings.simplefilter("always")  # the project's pytest settings ignore FutureWarning; this test may not
         attach_lora(AutoModel.from_pretrained(tiny_model_dir), LoraConfig())
         attach_lora(AutoModel.from_pretrained(tiny_model_dir), LoraConfig(), str(tiny_adapter_dir))
+        Embedder(str(tiny_model_dir), adapter=str(tiny_adapter_dir), precision="fp32", device="cpu")  # merged
     assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []

@@ -31,6 +31,7 @@ from embedtune.models.loading import (
     resolve_model,
     saved_settings,
 )
+from embedtune.models.lora import peft_probes_unwarned
 from embedtune.models.packing import Packing, can_pack, pack, packed_attention
 
 log = logging.getLogger(__name__)
@@ -366,7 +367,8 @@ def _attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
     # Merged weights run as fast as the base model; the adapter is not trained further here.
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    with peft_probes_unwarned():
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 def _quantize_linear_layers(model: torch.nn.Module, backend: Backend) -> torch.nn.Module:

@@ -55,20 +55,20 @@ def attach_lora(model: nn.Module, config: LoraConfig, adapter: str | None = None
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
         log.info("training continues from the adapter in %s (its rank and targets)", adapter)
-        with _peft_probes_unwarned():
+        with peft_probes_unwarned():
             return PeftModel.from_pretrained(model, adapter, is_trainable=True)
 
     peft_config = PeftLoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
                                  target_modules=lora_targets(model, config.targets), bias="none")
     try:
-        with _peft_probes_unwarned():
+        with peft_probes_unwarned():
             return get_peft_model(model, peft_config)
     except ValueError as err:
         raise ConfigError(f"LoRA targets do not match the model: {err}") from None
 
 
 @contextmanager
-def _peft_probes_unwarned() -> Iterator[None]:
+def peft_probes_unwarned() -> Iterator[None]:
     """peft reads `model.is_gradient_checkpointing` when it wraps a model, and transformers 5 deprecates that
     property with a FutureWarning: peft's call, not the user's, so it is not printed at every run."""
     with warnings.catch_warnings():
