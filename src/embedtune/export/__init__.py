@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedtune.config import ModelConfig
-from embedtune.errors import ConfigError, ModelError, StorageError
+from embedtune.errors import ConfigError, StorageError
 from embedtune.export.adapter_only import ADAPTER_FILES, adapter_files, write_adapter_only
 from embedtune.export.card import discover_card_info, model_card
 from embedtune.export.merged import write_merged
@@ -37,6 +37,7 @@ from embedtune.export.metadata import export_info
 from embedtune.export.tokenizer_files import configure_tokenizer_files, verify_tokenizer
 from embedtune.files import write_folder_atomically
 from embedtune.models.loading import EXPORT_INFO_FILE
+from embedtune.models.lora import require_adapter
 
 if TYPE_CHECKING:
     from embedtune.models.embedder import Embedder
@@ -86,8 +87,8 @@ def _check_request(model: ModelConfig, adapter_only: bool) -> None:
     """Fail on a missing adapter or a bad prompt before the (slow) model load."""
     if adapter_only and not model.adapter:
         raise ConfigError("an adapter-only export needs --adapter")
-    if model.adapter and not (Path(model.adapter) / "adapter_config.json").is_file():
-        raise ModelError(f"adapter not found (no adapter_config.json): {model.adapter}")
+    if model.adapter:
+        require_adapter(model.adapter)
     if adapter_only:
         adapter_files(model.adapter)
     if model.prompt is not None and model.prompt.count("{}") > 1:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from embedtune.models.loading import (
     resolve_model,
     saved_settings,
 )
-from embedtune.models.lora import peft_probes_unwarned
+from embedtune.models.lora import load_adapter
 from embedtune.models.packing import Packing, can_pack, pack, packed_attention
 
 log = logging.getLogger(__name__)
@@ -362,13 +361,8 @@ def _pad_id(tokenizer) -> int:
 
 
 def _attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
-    from peft import PeftModel
-
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
     # Merged weights run as fast as the base model; the adapter is not trained further here.
-    with peft_probes_unwarned():
-        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return load_adapter(model, adapter, trainable=False).merge_and_unload()
 
 
 def _quantize_linear_layers(model: torch.nn.Module, backend: Backend) -> torch.nn.Module:

@@ -49,14 +49,11 @@ def attach_lora(model: nn.Module, config: LoraConfig, adapter: str | None = None
     """Wrap the base model with trainable LoRA adapters; every other weight is frozen. With `adapter`, training
     continues from that saved adapter (its own rank and targets; `config` then only gives the dropout)."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import PeftModel, get_peft_model
+    from peft import get_peft_model
 
     if adapter:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
         log.info("training continues from the adapter in %s (its rank and targets)", adapter)
-        with peft_probes_unwarned():
-            return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        return load_adapter(model, adapter, trainable=True)
 
     peft_config = PeftLoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
                                  target_modules=lora_targets(model, config.targets), bias="none")
@@ -65,6 +62,21 @@ def attach_lora(model: nn.Module, config: LoraConfig, adapter: str | None = None
             return get_peft_model(model, peft_config)
     except ValueError as err:
         raise ConfigError(f"LoRA targets do not match the model: {err}") from None
+
+
+def require_adapter(adapter: str) -> None:
+    """A saved adapter is a folder with adapter_config.json; anything else fails in one line, before loading."""
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
+
+
+def load_adapter(model: nn.Module, adapter: str, *, trainable: bool) -> nn.Module:
+    """The saved adapter in `adapter` on `model` (peft's PeftModel), its weights trainable or frozen."""
+    from peft import PeftModel
+
+    require_adapter(adapter)
+    with peft_probes_unwarned():
+        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
 
 
 @contextmanager
