@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from embedtune.cli import DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, build_parser, config_from_args
 from embedtune.config import Config
@@ -81,6 +82,10 @@ SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 def test_every_shipped_config_loads_and_validates(path):
     config = Config.from_yaml(path).validate()  # a misspelt key or a bad value raises ConfigError
     assert config.model.name == "gemma3-270m" and config.train.batch_size == 32
+    written = yaml.safe_load(path.read_text())
+    taken = {section: {key: getattr(getattr(config, section), key) for key in values}
+             for section, values in written.items()}
+    assert taken == written  # every value in the file is the one the config holds
 
 
 def test_the_ablation_config_pins_fp32_and_scores_the_final_adapter():
