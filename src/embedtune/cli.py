@@ -28,8 +28,8 @@ EVAL_FLAGS = {"tasks": ("eval", "tasks"), "batch_size": ("eval", "batch_size"), 
               "document_prompt": ("eval", "document_prompt")}
 TRAIN_FLAGS = {name: ("train", name) for name in (
     "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
-    "temperature", "learnable_temperature", "hard_negatives", "gradient_checkpointing", "precision", "seed",
-    "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens", "packing", "loss",
+    "temperature", "learnable_temperature", "hard_negatives", "symmetric", "gradient_checkpointing", "precision",
+    "seed", "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens", "packing", "loss",
     "mini_batch_tokens", "on_bad_loss", "max_bad_steps", "spike_factor", "gather_with_grad")}
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
@@ -95,6 +95,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "tasks", nargs="+", help="STS tasks for `run` (default: all nine)")
     _switch(p, "learnable_temperature", "learn the InfoNCE temperature")
     _switch(p, "hard_negatives", "use the hard-negative column (default on; off = paper Table 6 ablation)")
+    _switch(p, "symmetric", "also train each positive to find its anchor among all anchors, averaging both "
+                            "directions (default off)")
     _switch(p, "gradient_checkpointing", "trade compute for activation memory")
     _switch(p, "resume", "continue from the newest checkpoint in --output-dir")
     _switch(p, "gather_with_grad", "under torchrun: gather other ranks' positives and negatives with gradient, so "

@@ -76,6 +76,7 @@ class TrainConfig:
     temperature: float = 0.05
     learnable_temperature: bool = False
     hard_negatives: bool = True
+    symmetric: bool = False  # also score each positive against every anchor and average the two directions
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto: the backend measures whether this machine runs bf16 faster than fp32
     seed: int = 42

@@ -43,6 +43,22 @@ def test_without_hard_negatives_only_in_batch_positives_compete():
     assert compute_loss_from_embeddings(anchors, positives, None, t).item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
 
 
+def test_symmetric_loss_averages_the_hand_computed_reverse_direction():
+    anchors = unit([1.0, 0.0], [0.0, 1.0])
+    positives = unit([1.0, 1.0], [0.0, 1.0])
+    negatives = unit([-1.0, 0.0], [1.0, 0.0])
+    t = 0.05
+    s = 1 / math.sqrt(2)
+    forward = compute_loss_from_embeddings(anchors, positives, negatives, t).item()
+    # positive 0: cos with [a0, a1] = [s, s]; target a0. positive 1: cos = [0, 1]; target a1. Hard negatives
+    # are not candidates in this direction (they have no anchor of their own).
+    r0 = -s / t + math.log(math.exp(s / t) + math.exp(s / t))
+    r1 = -1 / t + math.log(math.exp(0) + math.exp(1 / t))
+    symmetric = compute_loss_from_embeddings(anchors, positives, negatives, t, symmetric=True).item()
+    assert symmetric == pytest.approx((forward + (r0 + r1) / 2) / 2, rel=1e-5)
+    assert r0 == pytest.approx(math.log(2))  # a positive equally close to two anchors: chance between them
+
+
 def test_hard_negatives_raise_the_loss_as_they_get_closer():
     anchors = unit([1.0, 0.0], [0.0, 1.0])
     positives = unit([1.0, 0.2], [0.2, 1.0])
@@ -142,6 +158,18 @@ def test_packed_cached_loss_equals_packed_plain_loss(tiny_arch_dir):
     loss_a, grads_a = _loss_and_grads(InfoNCELoss(embedder), batch, seed=7)
     loss_b, grads_b = _loss_and_grads(CachedInfoNCELoss(embedder, mini_batch_tokens=24), batch, seed=7)
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for name in grads_a:
+        assert close_relative_to_scale(grads_a[name], grads_b[name]), name
+
+
+def test_symmetric_cached_loss_equals_symmetric_plain_loss(tiny_arch_dir):
+    embedder = _lora_embedder(tiny_arch_dir, 0.0)
+    batch = _batch(embedder)
+    loss_a, grads_a = _loss_and_grads(InfoNCELoss(embedder, symmetric=True), batch, seed=7)
+    loss_b, grads_b = _loss_and_grads(CachedInfoNCELoss(embedder, mini_batch_tokens=24, symmetric=True), batch, seed=7)
+    loss_c, _ = _loss_and_grads(InfoNCELoss(embedder), batch, seed=7)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert abs(loss_a - loss_c) > 1e-3  # the reverse direction changes the loss, so equality above means something
     for name in grads_a:
         assert close_relative_to_scale(grads_a[name], grads_b[name]), name
 

@@ -116,6 +116,8 @@ VARIANTS = {  # name -> (model kind, train fields)
     "llama-cached": ("llama", {"loss": "cached"}),
     "llama-cached-no-hn": ("llama", {"loss": "cached", "hard_negatives": False}),
     "llama-learnable-temperature": ("llama", {"loss": "infonce", "learnable_temperature": True}),
+    # The reverse direction gathers the anchors with gradient too; through GradCache's replay.
+    "llama-cached-symmetric": ("llama", {"loss": "cached", "symmetric": True}),
     "gemma-infonce": ("gemma3", {"loss": "infonce"}),
     "gemma-infonce-no-hn": ("gemma3", {"loss": "infonce", "hard_negatives": False}),
     "gemma-cached": ("gemma3", {"loss": "cached"}),
@@ -141,8 +143,9 @@ def two_rank_runs(model_dirs, uneven_data_dir, tmp_path_factory) -> Path:
     return root
 
 
-# The default run covers both models, both losses, with and without hard negatives; the rest run with -m slow.
-DEFAULT_VARIANTS = ("llama-infonce", "llama-cached", "gemma-cached-no-hn")
+# The default run covers both models, both losses, with and without hard negatives, and the symmetric loss; the
+# rest run with -m slow.
+DEFAULT_VARIANTS = ("llama-infonce", "llama-cached", "gemma-cached-no-hn", "llama-cached-symmetric")
 
 
 @pytest.mark.parametrize("name", [name if name in DEFAULT_VARIANTS else pytest.param(name, marks=pytest.mark.slow)

@@ -22,7 +22,8 @@ def build_loss(t: TrainConfig, embedder: Embedder) -> InfoNCELoss:
     # backward, outside it, so the two do not mix.
     options = dict(temperature=t.temperature, learnable_temperature=t.learnable_temperature,
                    hard_negatives=t.hard_negatives, chunk_tokens=t.chunk_tokens,
-                   packing=t.packing and not t.gradient_checkpointing, gather_with_grad=t.gather_with_grad)
+                   packing=t.packing and not t.gradient_checkpointing, gather_with_grad=t.gather_with_grad,
+                   symmetric=t.symmetric)
     if t.loss == "cached":
         return CachedInfoNCELoss(embedder, mini_batch_tokens=t.mini_batch_tokens, **options)
     return InfoNCELoss(embedder, **options)

@@ -2,6 +2,9 @@
 
 Each anchor is scored against every positive and every hard negative in the batch; its own positive is the
 target class. With temperature 0.05 this equals sentence-transformers' MultipleNegativesRankingLoss (scale 20).
+`symmetric` adds the reverse direction (each positive against every anchor, its own anchor the target) and
+averages the two, as sentence-transformers' MultipleNegativesSymmetricRankingLoss does: the same vectors, a
+second set of negatives (the other anchors) at the cost of one more small matrix product.
 """
 from __future__ import annotations
 
@@ -56,8 +59,10 @@ def compute_loss_from_embeddings(
     negatives: torch.Tensor | None,
     temperature: torch.Tensor | float,
     gather_with_grad: bool = False,
+    symmetric: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of each anchor over [all positives; all hard negatives]; inputs are L2-normalised.
+    With `symmetric`, the mean of that and of each positive's cross-entropy over all anchors.
 
     Across ranks (local_loss style): local anchors against every rank's candidates, so memory grows with the
     local batch only; `gather_with_grad` lets gradients flow into other ranks' candidates too.
@@ -70,7 +75,11 @@ def compute_loss_from_embeddings(
         candidates.append(gather_candidates(negatives, gather_with_grad))
     logits = anchors @ torch.cat(candidates).T / temperature
     targets = torch.arange(n, device=anchors.device) + rank * n
-    return F.cross_entropy(logits.float(), targets)
+    loss = F.cross_entropy(logits.float(), targets)
+    if not symmetric:
+        return loss
+    reverse = positives @ gather_candidates(anchors, gather_with_grad).T / temperature
+    return (loss + F.cross_entropy(reverse.float(), targets)) / 2
 
 
 class InfoNCELoss(nn.Module):
@@ -83,10 +92,11 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, embedder: Embedder, temperature: float = 0.05, learnable_temperature: bool = False,
                  hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = True,
-                 packing: bool = True):
+                 packing: bool = True, symmetric: bool = False):
         super().__init__()
         self.embedder = embedder
         self.hard_negatives = hard_negatives
+        self.symmetric = symmetric
         self.chunk_tokens = chunk_tokens
         self.gather_with_grad = gather_with_grad
         self.packing = packing
@@ -123,7 +133,8 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, batch: TripletBatch) -> torch.Tensor:
         anchors, positives, negatives = self.embed(batch)
-        return compute_loss_from_embeddings(anchors, positives, negatives, self.temperature, self.gather_with_grad)
+        return compute_loss_from_embeddings(anchors, positives, negatives, self.temperature, self.gather_with_grad,
+                                            self.symmetric)
 
 
 def _deduplicate(texts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
