@@ -94,7 +94,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "lora_targets", help="attention (q,k,v,o; default) | qv | all-linear | comma-separated module names")
     _flag(p, "tasks", nargs="+", help="STS tasks for `run` (default: all nine)")
     _switch(p, "learnable_temperature", "learn the InfoNCE temperature")
-    _switch(p, "hard_negatives", "use the hard-negative column (default on; off = paper Table 6 ablation)")
+    _switch(p, "hard_negatives", "use the hard-negative column (default on; off = paper Table 5 ablation)")
     _switch(p, "symmetric", "also train each positive to find its anchor among all anchors, averaging both "
                             "directions (default off)")
     _switch(p, "gradient_checkpointing", "trade compute for activation memory")

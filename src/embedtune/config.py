@@ -36,7 +36,7 @@ class ModelConfig:
     name: str = "gemma3-270m"  # packaged alias, hub id, local HF folder or .gguf file
     adapter: str | None = None
     pooling: str | None = None  # None: eos for decoder LMs, mean for encoders
-    prompt: str | None = None  # e.g. '{} is:' (paper Table 5); '{}' marks where the text goes
+    prompt: str | None = None  # e.g. '{} is:' (paper Table 6); '{}' marks where the text goes
     max_length: int | None = None  # None: the saved embedder folder's length, else DEFAULT_MAX_LENGTH
     trust_remote_code: bool = False
     allow_pickle: bool = False  # pickled weights (pytorch_model.bin, .pt) can run code when loaded: refused unless set
