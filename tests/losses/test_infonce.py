@@ -19,10 +19,13 @@ def unit(*rows):
     return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
 
 
+def hand_vectors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchors, positives and hard negatives of the hand computations below."""
+    return unit([1.0, 0.0], [0.0, 1.0]), unit([1.0, 1.0], [0.0, 1.0]), unit([-1.0, 0.0], [1.0, 0.0])
+
+
 def test_loss_equals_hand_computed_infonce():
-    anchors = unit([1.0, 0.0], [0.0, 1.0])
-    positives = unit([1.0, 1.0], [0.0, 1.0])
-    negatives = unit([-1.0, 0.0], [1.0, 0.0])
+    anchors, positives, negatives = hand_vectors()
     t = 0.05
     # anchor 0: cos with [p0, p1, n0, n1] = [1/sqrt2, 0, -1, 1]; target p0
     # anchor 1: cos = [1/sqrt2, 1, 0, 0]; target p1
@@ -44,9 +47,7 @@ def test_without_hard_negatives_only_in_batch_positives_compete():
 
 
 def test_symmetric_loss_averages_the_hand_computed_reverse_direction():
-    anchors = unit([1.0, 0.0], [0.0, 1.0])
-    positives = unit([1.0, 1.0], [0.0, 1.0])
-    negatives = unit([-1.0, 0.0], [1.0, 0.0])
+    anchors, positives, negatives = hand_vectors()
     t = 0.05
     s = 1 / math.sqrt(2)
     forward = compute_loss_from_embeddings(anchors, positives, negatives, t).item()
@@ -186,7 +187,7 @@ def _fixed_vectors_loss(temperature: float, learnable: bool = False) -> InfoNCEL
     """An InfoNCELoss whose embed() returns the hand-computed test's unit vectors: no model involved."""
     loss_fn = InfoNCELoss(SimpleNamespace(device=torch.device("cpu")), temperature=temperature,
                           learnable_temperature=learnable)
-    vectors = unit([1.0, 0.0], [0.0, 1.0]), unit([1.0, 1.0], [0.0, 1.0]), unit([-1.0, 0.0], [1.0, 0.0])
+    vectors = hand_vectors()
     loss_fn.embed = lambda batch: vectors
     return loss_fn
 
