@@ -92,9 +92,9 @@ def test_the_make_run_config_is_the_measured_recipe():
     """docs/RESULTS.md reports `make run` with exactly these settings (one epoch, 181 steps of batch 64)."""
     config = Config.from_yaml(Path(__file__).parents[1] / "configs" / "cpu-quick.yaml")
     t = config.train
-    assert (t.batch_size, t.epochs, t.max_steps, t.lr, t.symmetric, t.temperature, t.hard_negatives) == (
-        64, 1, None, 5e-4, True, 0.05, True)
-    assert (config.lora.r, config.lora.alpha, config.lora.targets, config.train.precision) == (8, 32, "all-linear",
+    assert (t.batch_size, t.epochs, t.max_steps, t.lr, t.symmetric, t.temperature, t.hard_negatives, t.select) == (
+        64, 1, None, 5e-4, True, 0.05, True, "final")
+    assert (config.lora.r, config.lora.alpha, config.lora.targets, config.train.precision) == (16, 32, "all-linear",
                                                                                               "auto")
 
 
