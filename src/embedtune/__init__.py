@@ -12,10 +12,11 @@ from embedtune.runtime import apply_kernel_cache_limits
 
 apply_kernel_cache_limits()  # before any matmul: oneDNN reads the limits when its caches are first used
 
+# mteb itself is imported only when an adapter is built.
 _EXPORTS = {"encode": "embedtune.api", "evaluate": "embedtune.api", "export": "embedtune.api", "run": "embedtune.api",
             "train": "embedtune.api", "Config": "embedtune.config", "Embedder": "embedtune.models.embedder",
-            "as_mteb_model": "embedtune.mteb_model"}  # mteb itself is imported only when an adapter is built
-__all__ = ["Config", "Embedder", "as_mteb_model", "encode", "evaluate", "export", "run", "train"]
+            "as_mteb_model": "embedtune.mteb_model", "average_adapters": "embedtune.models.adapter_average"}
+__all__ = ["Config", "Embedder", "as_mteb_model", "average_adapters", "encode", "evaluate", "export", "run", "train"]
 __version__ = "0.1.0"
 
 

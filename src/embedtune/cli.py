@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--adapter-only", action="store_true", help="copy the adapter only, no merge")
 
+    p = sub.add_parser("average-adapters", help="one LoRA adapter whose update is the (weighted) mean of several "
+                                                "adapters' updates on the same base model (a \"model soup\")")
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="adapter folders (e.g. runs of several seeds)")
+    p.add_argument("--out", required=True, help="the averaged adapter's folder (its rank: the sum of theirs)")
+    p.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per adapter (default: equal)")
+
     p = sub.add_parser("encode", help="embed texts from a file")
     _add_model_flags(p)
     p.add_argument("--input", required=True, help=".txt (one text a line), .jsonl or .csv")
@@ -261,6 +267,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average_adapters(args: argparse.Namespace) -> int:
+    from embedtune.models.adapter_average import average_adapters
+
+    out = average_adapters(args.adapters, args.out, args.weights)
+    print(f"averaged {len(args.adapters)} adapters into {out}")
+    return 0
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from embedtune.encode_files import check_paths, encode_file
     from embedtune.models.embedder import Embedder
@@ -289,7 +303,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval, "train": cmd_train, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report,
-    "export": cmd_export, "encode": cmd_encode,
+    "export": cmd_export, "average-adapters": cmd_average_adapters, "encode": cmd_encode,
     "serve": cmd_serve,
 }
 

@@ -1,0 +1,118 @@
+"""Weight averaging ("model soup") of LoRA adapters trained on one base model, exact in the merged weights.
+
+Averaging each adapter's A and B separately is not the average of their updates B·A (a product of means is not a
+mean of products), and adapters from different seeds start from different random A. Stacking them along the rank
+instead is exact: [w1·s1·B1, w2·s2·B2] · [A1; A2] = w1·s1·B1·A1 + w2·s2·B2·A2, so the averaged adapter's rank is the
+sum of the ranks, and its scale is folded into B (alpha = r).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from embedtune.errors import ModelError
+from embedtune.files import write_folder_atomically
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+SOURCES = "averaged_from.json"
+
+
+def average_adapters(adapters: Sequence[str | Path], out: str | Path,
+                     weights: Sequence[float] | None = None) -> Path:
+    """One adapter in `out` whose update is the weighted mean of the given adapters' updates (uniform by default)."""
+    if len(adapters) < 2:
+        raise ModelError("averaging needs at least two adapters")
+    weights = _normalised(weights, len(adapters))
+    configs = [_read_config(Path(a)) for a in adapters]
+    states = [_read_weights(Path(a)) for a in adapters]
+    _check_same_modules(adapters, states)
+    averaged: dict[str, torch.Tensor] = {}
+    for key in states[0]:
+        if ".lora_A." in key:
+            averaged[key] = torch.cat([s[key] for s in states], dim=0)
+        elif ".lora_B." in key:
+            averaged[key] = torch.cat([s[key].float() * _scale(c) * w for s, c, w in zip(states, configs, weights)],
+                                      dim=1).to(states[0][key].dtype)
+        else:  # weights trained whole (modules_to_save): their plain weighted mean
+            averaged[key] = sum(s[key].float() * w for s, w in zip(states, weights)).to(states[0][key].dtype)
+    sources = [{"adapter": str(a), "weight": w} for a, w in zip(adapters, weights)]
+    return _write(Path(out), _averaged_config(configs), averaged, sources)
+
+
+def _normalised(weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None:
+        return [1.0 / n] * n
+    if len(weights) != n or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ModelError(f"need {n} non-negative weights, one per adapter, got {list(weights)}")
+    return [w / sum(weights) for w in weights]
+
+
+def _read_config(adapter: Path) -> dict:
+    if not (adapter / CONFIG).is_file():
+        raise ModelError(f"adapter not found (no {CONFIG}): {adapter}")
+    config = json.loads((adapter / CONFIG).read_text(encoding="utf-8"))
+    if config.get("peft_type") != "LORA":
+        raise ModelError(f"not a LoRA adapter (peft_type {config.get('peft_type')!r}): {adapter}")
+    # Under these one module's update is not B·A times the adapter's one scale.
+    for key in ("use_dora", "rank_pattern", "alpha_pattern"):
+        if config.get(key):
+            raise ModelError(f"cannot average adapters with {key}={config[key]!r}: {adapter}")
+    return config
+
+
+def _read_weights(adapter: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not (adapter / WEIGHTS).is_file():
+        raise ModelError(f"adapter folder has no {WEIGHTS} (re-save it with safetensors): {adapter}")
+    state = load_file(adapter / WEIGHTS)
+    if any("lora_embedding_" in key for key in state):  # other orientation than A and B of a Linear: not handled
+        raise ModelError(f"cannot average adapters on embedding layers: {adapter}")
+    return state
+
+
+def _check_same_modules(adapters: Sequence[str | Path], states: list[dict[str, torch.Tensor]]) -> None:
+    """Adapters of one base and the same targets: the same weight names, and the same shapes outside the rank."""
+    for adapter, state in zip(adapters[1:], states[1:]):
+        if state.keys() != states[0].keys():
+            missing = sorted(state.keys() ^ states[0].keys())[0]
+            raise ModelError(f"{adapter} adapts other modules than {adapters[0]} (e.g. {missing}): "
+                             "only adapters with the same base model and targets can be averaged")
+        for key, tensor in state.items():
+            rank_dim = 0 if ".lora_A." in key else 1 if ".lora_B." in key else None
+            shape, first = list(tensor.shape), list(states[0][key].shape)
+            if rank_dim is not None:
+                shape[rank_dim] = first[rank_dim] = 0
+            if shape != first:
+                raise ModelError(f"{adapter} and {adapters[0]} differ in the shape of {key}: "
+                                 "not adapters of the same base model")
+
+
+def _scale(config: dict) -> float:
+    """peft's multiplier of B·A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    r = config["r"]
+    return config["lora_alpha"] / (math.sqrt(r) if config.get("use_rslora") else r)
+
+
+def _averaged_config(configs: list[dict]) -> dict:
+    config = dict(configs[0])
+    rank = sum(c["r"] for c in configs)
+    config.update(r=rank, lora_alpha=rank, use_rslora=False, inference_mode=True)  # scale 1: folded into B
+    return config
+
+
+def _write(out: Path, config: dict, weights: dict[str, torch.Tensor], sources: list[dict]) -> Path:
+    """The whole folder or nothing: a crash leaves no adapter_config.json beside half the weights."""
+    from safetensors.torch import save_file
+
+    def write(folder: Path) -> None:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
+        (folder / SOURCES).write_text(json.dumps(sources, indent=2) + "\n", encoding="utf-8")
+        (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    return write_folder_atomically(out, write, "averaged adapter")
