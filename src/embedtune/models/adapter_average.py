@@ -36,11 +36,12 @@ def average_adapters(adapters: Sequence[str | Path], out: str | Path,
         if ".lora_A." in key:
             averaged[key] = torch.cat([s[key] for s in states], dim=0)
         elif ".lora_B." in key:
-            averaged[key] = torch.cat([s[key].float() * _scale(c) * w for s, c, w in zip(states, configs, weights)],
-                                      dim=1).to(states[0][key].dtype)
+            scaled = [s[key].float() * _scale(c) * w for s, c, w in zip(states, configs, weights, strict=True)]
+            averaged[key] = torch.cat(scaled, dim=1).to(states[0][key].dtype)
         else:  # weights trained whole (modules_to_save): their plain weighted mean
-            averaged[key] = sum(s[key].float() * w for s, w in zip(states, weights)).to(states[0][key].dtype)
-    sources = [{"adapter": str(a), "weight": w} for a, w in zip(adapters, weights)]
+            mean = sum(s[key].float() * w for s, w in zip(states, weights, strict=True))
+            averaged[key] = mean.to(states[0][key].dtype)
+    sources = [{"adapter": str(a), "weight": w} for a, w in zip(adapters, weights, strict=True)]
     return _write(Path(out), _averaged_config(configs), averaged, sources)
 
 
@@ -78,7 +79,7 @@ def _read_weights(adapter: Path) -> dict[str, torch.Tensor]:
 
 def _check_same_modules(adapters: Sequence[str | Path], states: list[dict[str, torch.Tensor]]) -> None:
     """Adapters of one base and the same targets: the same weight names, and the same shapes outside the rank."""
-    for adapter, state in zip(adapters[1:], states[1:]):
+    for adapter, state in zip(adapters[1:], states[1:], strict=True):
         if state.keys() != states[0].keys():
             missing = sorted(state.keys() ^ states[0].keys())[0]
             raise ModelError(f"{adapter} adapts other modules than {adapters[0]} (e.g. {missing}): "
