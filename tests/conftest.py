@@ -64,25 +64,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A LoRA adapter (r=8, attention projections) with non-zero lora_B, so that merging changes the vectors."""
+def build_tiny_adapter(model_dir: Path, out: Path, seed: int = 1, r: int = 8, alpha: int = 32,
+                       targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"), **extra) -> Path:
+    """A LoRA adapter on the model in `model_dir` with random A and non-zero random B (seeded), saved in `out`:
+    merging it changes the vectors. `extra`: more peft LoraConfig settings (use_rslora, use_dora...)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel
 
-    path = tmp_path_factory.mktemp("tiny_adapter")
-    model = AutoModel.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    )
-    generator = torch.Generator().manual_seed(1)
+    torch.manual_seed(seed)  # peft's random A
+    peft_model = get_peft_model(AutoModel.from_pretrained(model_dir),
+                                LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), **extra))
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    peft_model.save_pretrained(path)
-    return path
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter (r=8, attention projections) with non-zero lora_B, so that merging changes the vectors."""
+    return build_tiny_adapter(tiny_model_dir, tmp_path_factory.mktemp("tiny_adapter"))
 
 
 @pytest.fixture(scope="session")
@@ -315,7 +320,7 @@ def tiny_builders():
 
     return types.SimpleNamespace(
         tokenizer_like=build_tokenizer_like, tokenizer_styles=TOKENIZER_STYLES, architecture=build_tiny_architecture,
-        llama=build_tiny_llama, lora_step=lora_step)
+        llama=build_tiny_llama, lora_step=lora_step, adapter=build_tiny_adapter)
 
 
 # ---- other task kinds (pair classification, BEIR retrieval) beside the STS sets --------------------------------

@@ -15,23 +15,6 @@ from embedtune.models.adapter_average import average_adapters
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def make_adapter(model_dir: Path, out: Path, seed: int, r: int = 8, alpha: int = 32, targets=TARGETS,
-                 **extra) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModel
-
-    torch.manual_seed(seed)  # peft's random A
-    model = get_peft_model(AutoModel.from_pretrained(model_dir),
-                           LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, **extra))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    model.save_pretrained(out)
-    return out
-
-
 def merged_weights(model_dir: Path, adapter: Path) -> dict[str, torch.Tensor]:
     from peft import PeftModel
     from transformers import AutoModel
@@ -41,11 +24,11 @@ def merged_weights(model_dir: Path, adapter: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_model_dir, tmp_path_factory) -> list[Path]:
+def adapters(tiny_model_dir, tiny_builders, tmp_path_factory) -> list[Path]:
     """Two adapters of one base with different seeds, ranks, alphas and rsLoRA: different scales per adapter."""
     root = tmp_path_factory.mktemp("adapters")
-    return [make_adapter(tiny_model_dir, root / "one", seed=1),
-            make_adapter(tiny_model_dir, root / "two", seed=2, r=4, alpha=8, use_rslora=True)]
+    return [tiny_builders.adapter(tiny_model_dir, root / "one", seed=1),
+            tiny_builders.adapter(tiny_model_dir, root / "two", seed=2, r=4, alpha=8, use_rslora=True)]
 
 
 def test_the_average_merges_to_the_weighted_mean_of_the_merged_adapters(tiny_model_dir, adapters, tmp_path):
@@ -74,9 +57,9 @@ def test_an_adapter_averaged_with_itself_gives_its_own_embeddings(tiny_model_dir
     torch.testing.assert_close(torch.as_tensor(after), torch.as_tensor(before), rtol=0, atol=1e-5)
 
 
-def test_adapters_that_cannot_be_averaged_fail_in_one_line(tiny_model_dir, adapters, tmp_path):
-    qv = make_adapter(tiny_model_dir, tmp_path / "qv", seed=3, targets=["q_proj", "v_proj"])
-    dora = make_adapter(tiny_model_dir, tmp_path / "dora", seed=3, use_dora=True)
+def test_adapters_that_cannot_be_averaged_fail_in_one_line(tiny_model_dir, tiny_builders, adapters, tmp_path):
+    qv = tiny_builders.adapter(tiny_model_dir, tmp_path / "qv", seed=3, targets=("q_proj", "v_proj"))
+    dora = tiny_builders.adapter(tiny_model_dir, tmp_path / "dora", seed=3, use_dora=True)
     cases = [([adapters[0]], "at least two"),
              ([adapters[0], qv], "other modules"),
              ([adapters[0], dora], "use_dora"),
