@@ -33,11 +33,11 @@ def adapters(tiny_model_dir, tiny_builders, tmp_path_factory) -> list[Path]:
 
 def test_the_average_merges_to_the_weighted_mean_of_the_merged_adapters(tiny_model_dir, adapters, tmp_path):
     one, two = (merged_weights(tiny_model_dir, a) for a in adapters)
+    changed = [k for k in one if not torch.equal(one[k], two[k])]
+    assert len(changed) == 2 * len(TARGETS)  # q, k, v, o in both layers: the only weights the adapters move
     for weights, (w1, w2) in [(None, (0.5, 0.5)), ([3, 1], (0.75, 0.25))]:
         out = average_adapters(adapters, tmp_path / f"avg-{w1}", weights)
         averaged = merged_weights(tiny_model_dir, out)
-        changed = [k for k in one if not torch.equal(one[k], two[k])]
-        assert len(changed) == 2 * len(TARGETS)  # q, k, v, o in both layers: the only weights the adapters move
         for key in one:
             torch.testing.assert_close(averaged[key], w1 * one[key] + w2 * two[key], rtol=0, atol=2e-6)
         config = json.loads((out / "adapter_config.json").read_text())

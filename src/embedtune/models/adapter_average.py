@@ -16,6 +16,7 @@ import torch
 
 from embedtune.errors import ModelError
 from embedtune.files import write_folder_atomically
+from embedtune.models.lora import require_adapter
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -33,9 +34,10 @@ def average_adapters(adapters: Sequence[str | Path], out: str | Path,
     _check_same_modules(adapters, states)
     averaged: dict[str, torch.Tensor] = {}
     for key in states[0]:
-        if ".lora_A." in key:
+        rank_dim = _rank_dim(key)
+        if rank_dim == 0:  # A
             averaged[key] = torch.cat([s[key] for s in states], dim=0)
-        elif ".lora_B." in key:
+        elif rank_dim == 1:  # B, carrying each adapter's scale and weight
             scaled = [s[key].float() * _scale(c) * w for s, c, w in zip(states, configs, weights, strict=True)]
             averaged[key] = torch.cat(scaled, dim=1).to(states[0][key].dtype)
         else:  # weights trained whole (modules_to_save): their plain weighted mean
@@ -54,8 +56,7 @@ def _normalised(weights: Sequence[float] | None, n: int) -> list[float]:
 
 
 def _read_config(adapter: Path) -> dict:
-    if not (adapter / CONFIG).is_file():
-        raise ModelError(f"adapter not found (no {CONFIG}): {adapter}")
+    require_adapter(str(adapter))
     config = json.loads((adapter / CONFIG).read_text(encoding="utf-8"))
     if config.get("peft_type") != "LORA":
         raise ModelError(f"not a LoRA adapter (peft_type {config.get('peft_type')!r}): {adapter}")
@@ -85,13 +86,18 @@ def _check_same_modules(adapters: Sequence[str | Path], states: list[dict[str, t
             raise ModelError(f"{adapter} adapts other modules than {adapters[0]} (e.g. {missing}): "
                              "only adapters with the same base model and targets can be averaged")
         for key, tensor in state.items():
-            rank_dim = 0 if ".lora_A." in key else 1 if ".lora_B." in key else None
+            rank_dim = _rank_dim(key)
             shape, first = list(tensor.shape), list(states[0][key].shape)
             if rank_dim is not None:
                 shape[rank_dim] = first[rank_dim] = 0
             if shape != first:
                 raise ModelError(f"{adapter} and {adapters[0]} differ in the shape of {key}: "
                                  "not adapters of the same base model")
+
+
+def _rank_dim(key: str) -> int | None:
+    """The rank's dimension of a LoRA weight: rows of A (r x in), columns of B (out x r); None for other weights."""
+    return 0 if ".lora_A." in key else 1 if ".lora_B." in key else None
 
 
 def _scale(config: dict) -> float:
