@@ -23,6 +23,7 @@ from embedtune.evaluation.sts import STSEvaluator
 from embedtune.files import write_text_atomically
 from embedtune.models.backend import Backend
 from embedtune.models.embedder import Embedder
+from embedtune.models.lora import ADAPTER_CONFIG
 from embedtune.training.budget import TimeBudget, format_duration
 from embedtune.training.callbacks import Callback, TrainState
 from embedtune.training.metrics import METRICS
@@ -147,7 +148,7 @@ def select_adapter(select: str, out: Path, final: Path) -> tuple[dict, str | Non
         if best.get("score") is None:
             note = ("--select best: no dev evaluation ran (eval_steps 0, or none fitted the time budget), so there is "
                     "no best adapter; evaluating the final one")
-        elif not (out / "best" / "adapter_config.json").is_file():
+        elif not (out / "best" / ADAPTER_CONFIG).is_file():
             note = (f"--select best: best.json names step {best.get('step')} but {out / 'best'} holds no adapter; "
                     "evaluating the final one")
         else:

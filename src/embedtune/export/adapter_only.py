@@ -6,16 +6,17 @@ from pathlib import Path
 
 from embedtune.errors import ModelError
 from embedtune.export.metadata import write_export_info
+from embedtune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 # Adapter folders from training may hold optimizer state and more; only these travel with an adapter-only export.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "adapter_model.bin")
 
 
 def adapter_files(adapter: str | Path) -> list[Path]:
     """The files an adapter-only export copies; fails when the folder has a config but no weights."""
     found = [Path(adapter) / name for name in ADAPTER_FILES if (Path(adapter) / name).is_file()]
-    if len(found) < 2 or found[0].name != "adapter_config.json":
-        raise ModelError(f"adapter folder has no adapter weights (adapter_model.safetensors): {adapter}")
+    if len(found) < 2 or found[0].name != ADAPTER_CONFIG:
+        raise ModelError(f"adapter folder has no adapter weights ({ADAPTER_WEIGHTS}): {adapter}")
     return found
 
 

@@ -16,10 +16,8 @@ import torch
 
 from embedtune.errors import ModelError
 from embedtune.files import write_folder_atomically
-from embedtune.models.lora import require_adapter
+from embedtune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, require_adapter
 
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
 SOURCES = "averaged_from.json"
 
 
@@ -57,7 +55,7 @@ def _normalised(weights: Sequence[float] | None, n: int) -> list[float]:
 
 def _read_config(adapter: Path) -> dict:
     require_adapter(str(adapter))
-    config = json.loads((adapter / CONFIG).read_text(encoding="utf-8"))
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if config.get("peft_type") != "LORA":
         raise ModelError(f"not a LoRA adapter (peft_type {config.get('peft_type')!r}): {adapter}")
     # Under these one module's update is not B·A times the adapter's one scale.
@@ -70,9 +68,9 @@ def _read_config(adapter: Path) -> dict:
 def _read_weights(adapter: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    if not (adapter / WEIGHTS).is_file():
-        raise ModelError(f"adapter folder has no {WEIGHTS} (re-save it with safetensors): {adapter}")
-    state = load_file(adapter / WEIGHTS)
+    if not (adapter / ADAPTER_WEIGHTS).is_file():
+        raise ModelError(f"adapter folder has no {ADAPTER_WEIGHTS} (re-save it with safetensors): {adapter}")
+    state = load_file(adapter / ADAPTER_WEIGHTS)
     if any("lora_embedding_" in key for key in state):  # other orientation than A and B of a Linear: not handled
         raise ModelError(f"cannot average adapters on embedding layers: {adapter}")
     return state
@@ -118,8 +116,8 @@ def _write(out: Path, config: dict, weights: dict[str, torch.Tensor], sources: l
     from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / ADAPTER_WEIGHTS))
         (folder / SOURCES).write_text(json.dumps(sources, indent=2) + "\n", encoding="utf-8")
-        (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     return write_folder_atomically(out, write, "averaged adapter")

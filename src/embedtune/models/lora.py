@@ -16,6 +16,10 @@ from embedtune.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
+# The files of a saved peft adapter (the weights in safetensors; older adapters may hold adapter_model.bin).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
 _LAYER_PREFIX = re.compile(r"^.*?\.\d+\.")
 _QV_LEAVES = {"q_proj", "v_proj", "query", "value", "q", "v", "wq", "wv"}
 
@@ -66,8 +70,8 @@ def attach_lora(model: nn.Module, config: LoraConfig, adapter: str | None = None
 
 def require_adapter(adapter: str) -> None:
     """A saved adapter is a folder with adapter_config.json; anything else fails in one line, before loading."""
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise ModelError(f"adapter not found (no adapter_config.json): {adapter}")
+    if not (Path(adapter) / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"adapter not found (no {ADAPTER_CONFIG}): {adapter}")
 
 
 def load_adapter(model: nn.Module, adapter: str, *, trainable: bool) -> nn.Module:

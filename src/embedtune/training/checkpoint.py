@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from embedtune.files import TEMP_TAG, remove_temporaries, write_folder_atomically
+from embedtune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
 ADAPTER_DIR = "adapter"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
@@ -120,7 +120,7 @@ def checkpoint_problem(path: Path) -> str | None:
     from safetensors.torch import load_file
 
     state_file, weights = path / STATE_FILE, path / ADAPTER_DIR / ADAPTER_WEIGHTS
-    for needed in (state_file, weights, path / ADAPTER_DIR / "adapter_config.json"):
+    for needed in (state_file, weights, path / ADAPTER_DIR / ADAPTER_CONFIG):
         if not needed.is_file():
             return f"{needed.relative_to(path)} is missing"
     listed = path / MANIFEST
@@ -138,9 +138,9 @@ def checkpoint_problem(path: Path) -> str | None:
             if _sha256(file) != entry["sha256"]:
                 return f"{name} does not match its SHA-256 in the manifest"
     try:
-        json.loads((path / ADAPTER_DIR / "adapter_config.json").read_text(encoding="utf-8"))
+        json.loads((path / ADAPTER_DIR / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "adapter/adapter_config.json is not valid JSON"
+        return f"{ADAPTER_DIR}/{ADAPTER_CONFIG} is not valid JSON"
     try:
         load_file(str(weights))
     except Exception as err:  # safetensors reports a bad header or a short file in its own error type
