@@ -18,6 +18,9 @@ from embedtune.errors import ConfigError
     ("train", "temperature", 0.0, "train.temperature must be > 0"),
     ("train", "precision", "fp8", "train.precision must be one of"),
     ("lora", "dropout", 1.5, "lora.dropout must be in"),
+    ("train", "hardness", -1.0, "train.hardness must be >= 0"),
+    ("train", "hardness", float("nan"), "train.hardness must be >= 0"),
+    ("train", "hardness_mode", "hard", "train.hardness_mode must be one of hard_negatives, in_batch, all"),
 ])
 def test_invalid_values_are_rejected(section, key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -31,6 +34,30 @@ def test_learnable_temperature_outside_the_clamp_range_is_rejected(temperature):
         config.validate()
     assert str(raised.value) == (f"train.temperature must be in [0.01, 1.0] when learnable (it is clamped to that "
                                  f"range during training), got {temperature}")
+
+
+def test_hardness_on_hard_negatives_needs_hard_negatives():
+    config = Config.from_dict({"train": {"hardness": 5.0, "hard_negatives": False}})
+    with pytest.raises(ConfigError, match="pick --hardness-mode in_batch or all"):
+        config.validate()
+    config.train.hardness_mode = "in_batch"
+    assert config.validate().train.hardness == 5.0
+
+
+def test_loss_and_pair_flags_reach_the_config():
+    args = build_parser().parse_args(["train", "--output-dir", "o", "--hardness", "5", "--hardness-mode", "all",
+                                      "--all-directions", "--all-entailed"])
+    config = config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS)
+    assert (config.train.hardness, config.train.hardness_mode, config.train.all_directions) == (5.0, "all", True)
+    assert config.data.all_entailed is True
+
+
+def test_all_directions_replaces_the_symmetric_loss():
+    config = Config.from_dict({"train": {"all_directions": True, "symmetric": True}})
+    with pytest.raises(ConfigError, match=r"train.all_directions already scores .* \(--no-symmetric\)"):
+        config.validate()
+    config.train.symmetric = False
+    assert config.validate().train.all_directions
 
 
 def test_fixed_temperature_outside_the_clamp_range_is_accepted_as_given():

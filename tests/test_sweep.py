@@ -63,7 +63,7 @@ def test_run_names_are_stable_file_system_safe_and_distinct():
 @pytest.mark.parametrize("spec,message", [
     ("lr=1", "expected SECTION.FIELD=V1,V2,... (e.g. train.lr=5e-4,5e-5); sections: model, data, lora, train, eval"),
     ("trian.lr=1", "--grid trian.lr: unknown section 'trian' (valid: model, data, lora, train, eval)"),
-    ("train.lrr=1,2", "--grid train.lrr: unknown field 'lrr' in train (valid: batch_size, "),
+    ("train.lrr=1,2", "--grid train.lrr: unknown field 'lrr' in train (valid: all_directions, batch_size, "),
     ("train.lr=abc", "train.lr: expected float, got 'abc'"),
     ("train.lr=5e-3,0.005", "--grid train.lr: '5e-3' and '0.005' are the same value"),
     ("train.lr=0,1e-3", "--grid run lr=0: train.lr must be > 0, got 0.0"),

@@ -11,7 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedtune.config import BAD_LOSS_POLICIES, LOSSES, POOLINGS, PRECISIONS, QUANTIZATIONS, SELECTIONS, Config
+from embedtune.config import (
+    BAD_LOSS_POLICIES,
+    HARDNESS_MODES,
+    LOSSES,
+    POOLINGS,
+    PRECISIONS,
+    QUANTIZATIONS,
+    SELECTIONS,
+    Config,
+)
 from embedtune.errors import EmbedtuneError, TrainingStopped
 
 # flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
@@ -22,15 +31,16 @@ MODEL_FLAGS = {"model": ("model", "name"), "adapter": ("model", "adapter"), "poo
 DATA_FLAGS = {"data_dir": ("data", "data_dir"), "train_file": ("data", "train_files"),
               "anchor_column": ("data", "anchor_column"), "positive_column": ("data", "positive_column"),
               "negative_column": ("data", "negative_column"), "decontaminate": ("data", "decontaminate"),
-              "max_train_samples": ("data", "max_train_samples")}
+              "max_train_samples": ("data", "max_train_samples"), "all_entailed": ("data", "all_entailed")}
 EVAL_FLAGS = {"tasks": ("eval", "tasks"), "batch_size": ("eval", "batch_size"), "precision": ("eval", "precision"),
               "output": ("eval", "output"), "query_prompt": ("eval", "query_prompt"),
               "document_prompt": ("eval", "document_prompt")}
 TRAIN_FLAGS = {name: ("train", name) for name in (
     "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
-    "temperature", "learnable_temperature", "hard_negatives", "symmetric", "gradient_checkpointing", "precision",
-    "seed", "eval_steps", "save_steps", "save_total_limit", "resume", "chunk_tokens", "packing", "loss",
-    "mini_batch_tokens", "on_bad_loss", "max_bad_steps", "spike_factor", "gather_with_grad")}
+    "temperature", "learnable_temperature", "hard_negatives", "symmetric", "all_directions", "hardness",
+    "hardness_mode", "gradient_checkpointing", "precision", "seed", "eval_steps", "save_steps", "save_total_limit",
+    "resume", "chunk_tokens", "packing", "loss", "mini_batch_tokens", "on_bad_loss", "max_bad_steps", "spike_factor",
+    "gather_with_grad")}
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
                 "tasks": ("eval", "tasks")}
@@ -74,6 +84,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _switch(p, "packing", "pack each batch's texts into rows without padding (causal decoders; default on)")
     _switch(p, "decontaminate", "drop training rows whose sentences occur in the STS sets (default on)")
     _flag(p, "max_train_samples", type=int)
+    _switch(p, "all_entailed", "raw NLI pairs: one triplet per entailed hypothesis, not only the first of each "
+                               "premise (default off)")
     _flag(p, "output_dir", required=True)
     for name, kind in (("batch_size", int), ("lr", float), ("epochs", int), ("max_steps", int),
                        ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
@@ -89,6 +101,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "spike_factor", type=float,
           help="treat a loss above this x the running median of recent losses as bad (default off)")
     _flag(p, "precision", choices=PRECISIONS, help="auto: bf16 where this machine runs it faster (measured)")
+    _flag(p, "hardness", type=float,
+          help="weight negatives by how hard they are: add this x their cosine (no gradient through it) to their "
+               "logits; EmbeddingGemma used 5 on hard negatives (default 0: off)")
+    _flag(p, "hardness_mode", choices=HARDNESS_MODES,
+          help="negatives --hardness reaches: each anchor's own hard negative (default), the other triplets' "
+               "texts (in_batch), or both (all)")
     _flag(p, "loss", choices=LOSSES,
           help="cached = GradCache: same loss and gradients, one mini-batch's activations in memory at a time")
     _flag(p, "lora_targets", help="attention (q,k,v,o; default) | qv | all-linear | comma-separated module names")
@@ -97,6 +115,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _switch(p, "hard_negatives", "use the hard-negative column (default on; off = paper Table 5 ablation)")
     _switch(p, "symmetric", "also train each positive to find its anchor among all anchors, averaging both "
                             "directions (default off)")
+    _switch(p, "all_directions", "GTE's loss: one softmax per triplet that also holds the other anchors and, for "
+                                 "the positive, every anchor and the other triplets' texts (default off; "
+                                 "replaces --symmetric)")
     _switch(p, "gradient_checkpointing", "trade compute for activation memory")
     _switch(p, "resume", "continue from the newest checkpoint in --output-dir")
     _switch(p, "gather_with_grad", "under torchrun: gather other ranks' positives and negatives with gradient, so "

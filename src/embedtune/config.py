@@ -22,6 +22,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 POOLINGS = ("eos", "mean", "cls")
 DEVICES = ("auto", "cpu", "cuda")  # plus "cuda:N"
 LOSSES = ("infonce", "cached")
+# Which negatives the hardness weighting reaches: the anchor's own hard negative (EmbeddingGemma), the other
+# triplets' texts (Lan et al. 2025), or both.
+HARDNESS_MODES = ("hard_negatives", "in_batch", "all")
 QUANTIZATIONS = ("int8",)  # dynamic int8 of the frozen linear layers, CPU inference only
 LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
 SELECTIONS = ("best", "final")  # which adapter `run` evaluates and reports: best by dev score, or the last one
@@ -53,6 +56,9 @@ class DataConfig:
     negative_column: str = "hard_neg"
     decontaminate: bool = True  # drop training rows whose sentences occur in the STS evaluation sets
     max_train_samples: int | None = None
+    # Raw NLI pairs: one triplet per entailed hypothesis (hard negatives: the premise's contradicted ones in turn),
+    # not only one per premise.
+    all_entailed: bool = False
 
 
 @dataclass
@@ -77,6 +83,11 @@ class TrainConfig:
     learnable_temperature: bool = False
     hard_negatives: bool = True
     symmetric: bool = False  # also score each positive against every anchor and average the two directions
+    # GTE's improved contrastive loss: one softmax per triplet that also holds anchor-anchor, positive-anchor and
+    # positive-text similarities (the symmetric loss's reverse direction is one of them, so not both).
+    all_directions: bool = False
+    hardness: float = 0.0  # > 0: add hardness x stop_grad(cosine) to the logits of the negatives hardness_mode picks
+    hardness_mode: str = "hard_negatives"  # hard_negatives | in_batch | all (HARDNESS_MODES)
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto: the backend measures whether this machine runs bf16 faster than fp32
     seed: int = 42
@@ -170,6 +181,15 @@ class Config:
             (t.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {t.save_total_limit}"),
             (t.chunk_tokens >= 16, f"train.chunk_tokens must be >= 16, got {t.chunk_tokens}"),
             (t.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got '{t.loss}'"),
+            (not (t.symmetric and t.all_directions),
+             "train.all_directions already scores each positive against every anchor: turn train.symmetric off "
+             "(--no-symmetric)"),
+            (t.hardness >= 0 and math.isfinite(t.hardness), f"train.hardness must be >= 0, got {t.hardness}"),
+            (t.hardness_mode in HARDNESS_MODES,
+             f"train.hardness_mode must be one of {', '.join(HARDNESS_MODES)}, got '{t.hardness_mode}'"),
+            (not t.hardness or t.hard_negatives or t.hardness_mode != "hard_negatives",
+             "train.hardness with hardness_mode hard_negatives weights the hard negatives, which are off "
+             "(--no-hard-negatives): pick --hardness-mode in_batch or all"),
             (t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}, got '{t.select}'"),
             (t.on_bad_loss in BAD_LOSS_POLICIES,
              f"train.on_bad_loss must be one of {', '.join(BAD_LOSS_POLICIES)}, got '{t.on_bad_loss}'"),

@@ -76,6 +76,26 @@ def test_pair_conversion_drops_are_counted(tmp_path):
                                            if k.startswith("pairs_") and k != "pairs_read")
 
 
+def test_all_entailed_builds_one_triplet_per_entailed_hypothesis(tmp_path):
+    # P1: two entailed, one contradicted (shared); P6: three entailed, two contradicted (taken in turn)
+    extra = ("P6\tE7\tentailment\nP6\tC7\tcontradiction\nP6\tE8\tentailment\nP6\tC8\tcontradiction\n"
+             "P6\tE9\tentailment\n")
+    path = write(tmp_path / "pairs.tsv", PAIRS_BY_NAME + extra)
+    triplets, report = load_triplets(DataConfig(train_files=[path], all_entailed=True), None, None)
+    assert triplets == [Triplet("P1", "E1", "C1"), Triplet("P1", "E2", "C1"), Triplet("P6", "E7", "C7"),
+                        Triplet("P6", "E8", "C8"), Triplet("P6", "E9", "C7")]
+    assert report.pairs_unused == 0  # P1's neutral row is counted as neutral
+    rows_used = report.read + 1 + 2  # each row built uses an entailed row; P1 uses 1 contradicted row, P6 2
+    assert report.pairs_read == rows_used + sum(v for k, v in report.as_dict().items()
+                                                if k.startswith("pairs_") and k != "pairs_read")
+    first_only, _ = load_triplets(DataConfig(train_files=[path]), None, None)
+    assert first_only == [Triplet("P1", "E1", "C1"), Triplet("P6", "E7", "C7")]
+    without, report = load_triplets(DataConfig(train_files=[path], all_entailed=True), None, None,
+                                    hard_negatives=False)
+    assert [t.positive for t in without] == ["E1", "E2", "E3", "E7", "E8", "E9"]
+    assert report.pairs_unused == 3  # C1, C7, C8 unused without hard negatives
+
+
 def test_triplet_files_report_no_pair_counts(tiny_data_dir):
     _, report = load_triplets(DataConfig(), tiny_data_dir, None)
     assert not any(k.startswith("pairs_") for k in report.as_dict()) and "NLI pair" not in report.summary()

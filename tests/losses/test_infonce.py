@@ -1,6 +1,7 @@
 """InfoNCE against a hand computation, hard-negative behaviour, and cached == plain."""
 from __future__ import annotations
 
+import inspect
 import math
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from embedtune.config import LoraConfig
 from embedtune.losses.gradcache import CachedInfoNCELoss
-from embedtune.losses.infonce import InfoNCELoss, TripletBatch, compute_loss_from_embeddings
+from embedtune.losses.infonce import InfoNCELoss, TripletBatch, compute_loss_from_embeddings, hardness_weighted_columns
 from embedtune.models.embedder import Embedder
 from embedtune.models.lora import attach_lora
 
@@ -58,6 +59,113 @@ def test_symmetric_loss_averages_the_hand_computed_reverse_direction():
     symmetric = compute_loss_from_embeddings(anchors, positives, negatives, t, symmetric=True).item()
     assert symmetric == pytest.approx((forward + (r0 + r1) / 2) / 2, rel=1e-5)
     assert r0 == pytest.approx(math.log(2))  # a positive equally close to two anchors: chance between them
+
+
+def test_hardness_adds_the_weighted_cosine_to_the_own_hard_negative_only():
+    anchors, positives, _ = hand_vectors()
+    negatives = unit([1.0, 1.0], [-1.0, 0.0])
+    t, alpha = 0.05, 5.0
+    s = 1 / math.sqrt(2)
+    # anchor 0: cos with [p0, p1, n0, n1] = [s, 0, s, -1]; its own hard negative n0 gets alpha x s more.
+    # anchor 1: cos = [s, 1, s, 0]; its own hard negative n1 (cos 0) gets nothing, n0 (another's) is not weighted.
+    l0 = -s / t + _logsumexp([s / t, 0, s / t + alpha * s, -1 / t])
+    l1 = -1 / t + _logsumexp([s / t, 1 / t, s / t, 0])
+    loss = compute_loss_from_embeddings(anchors, positives, negatives, t, hardness=alpha)
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+    plain = compute_loss_from_embeddings(anchors, positives, negatives, t).item()
+    assert loss.item() - plain > 0.1
+
+
+def test_hardness_columns_follow_the_rank_offset():
+    # rank 1 of 2, two local anchors: columns are [4 positives; 4 negatives], its targets 2 and 3
+    targets = torch.tensor([2, 3])
+    own_negative = hardness_weighted_columns(torch.Size([2, 8]), targets, True, "hard_negatives")
+    assert own_negative.nonzero().tolist() == [[0, 6], [1, 7]]
+    in_batch = hardness_weighted_columns(torch.Size([2, 8]), targets, True, "in_batch")
+    assert in_batch.nonzero().tolist() == [[0, c] for c in (0, 1, 3, 4, 5, 7)] + [[1, c] for c in (0, 1, 2, 4, 5, 6)]
+    everything = hardness_weighted_columns(torch.Size([2, 8]), targets, True, "all")
+    assert (~everything).nonzero().tolist() == [[0, 2], [1, 3]]
+    without_negatives = hardness_weighted_columns(torch.Size([2, 4]), targets, False, "in_batch")
+    assert without_negatives.nonzero().tolist() == [[0, 0], [0, 1], [0, 3], [1, 0], [1, 1], [1, 2]]
+    with pytest.raises(ValueError, match="hardness_mode must be one of"):
+        hardness_weighted_columns(torch.Size([2, 8]), targets, True, "hard")
+
+
+def test_hardness_weight_carries_no_gradient():
+    g = torch.Generator().manual_seed(0)
+    anchors, positives, negatives = (F.normalize(torch.randn(4, 8, generator=g), dim=-1) for _ in range(3))
+    t, alpha = 0.05, 5.0
+    a = anchors.clone().requires_grad_()
+    compute_loss_from_embeddings(a, positives, negatives, t, hardness=alpha, hardness_mode="all").backward()
+    candidates = torch.cat([positives, negatives])
+    weighted = ~torch.eye(4, 8, dtype=torch.bool)
+
+    def reference_grad(detach_weight: bool) -> torch.Tensor:
+        b = anchors.clone().requires_grad_()
+        cosines = b @ candidates.T
+        weight = cosines.detach() if detach_weight else cosines
+        F.cross_entropy(cosines / t + torch.where(weighted, alpha * weight, 0.0), torch.arange(4)).backward()
+        return b.grad
+
+    assert torch.allclose(a.grad, reference_grad(detach_weight=True), atol=1e-5)
+    assert not torch.allclose(a.grad, reference_grad(detach_weight=False), atol=1e-2)
+
+
+@pytest.mark.parametrize("mode,peer_mode", [("hard_negatives", "hard_negatives"), ("in_batch", "in_batch_negatives"),
+                                            ("all", "all_negatives")])
+@pytest.mark.parametrize("with_negatives", [True, False])
+def test_hardness_equals_sentence_transformers(mode, peer_mode, with_negatives):
+    peer_loss = _peer_loss_or_skip("hardness_mode")
+    if mode == "hard_negatives" and not with_negatives:
+        return  # refused by the config (nothing to weight)
+    g = torch.Generator().manual_seed(0)
+    vectors = [F.normalize(torch.randn(6, 16, generator=g), dim=-1) for _ in range(3 if with_negatives else 2)]
+    peer = peer_loss(None, scale=20.0, hardness_mode=peer_mode, hardness_strength=9.0)
+    expected = peer.compute_loss_from_embeddings(vectors, None).item()
+    negatives = vectors[2] if with_negatives else None
+    ours = compute_loss_from_embeddings(vectors[0], vectors[1], negatives, 0.05, hardness=9.0, hardness_mode=mode)
+    assert ours.item() == pytest.approx(expected, rel=1e-5)
+    plain = compute_loss_from_embeddings(vectors[0], vectors[1], negatives, 0.05)
+    assert abs(ours.item() - plain.item()) > 1e-3  # the weighting reached the loss
+
+
+def test_all_directions_is_one_softmax_over_the_hand_computed_gte_terms():
+    anchors = unit([1.0, 0.0], [0.0, 1.0])
+    positives = unit([1.0, 1.0], [0.0, 1.0])
+    t = 0.05
+    s = 1 / math.sqrt(2)
+    # triplet 0: anchor vs [p0, p1] = [s, 0]; vs the other anchor a1: 0; p0 vs [a0, a1] = [s, s]; p0 vs p1: s.
+    # triplet 1: anchor vs [p0, p1] = [s, 1]; vs a0: 0; p1 vs [a0, a1] = [0, 1]; p1 vs p0: s.
+    l0 = -s / t + _logsumexp([s / t, 0, 0, s / t, s / t, s / t])
+    l1 = -1 / t + _logsumexp([s / t, 1 / t, 0, 0, 1 / t, s / t])
+    loss = compute_loss_from_embeddings(anchors, positives, None, t, all_directions=True)
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("with_negatives", [True, False])
+@pytest.mark.parametrize("hardness", [0.0, 5.0])
+def test_all_directions_equals_sentence_transformers_gte_loss(with_negatives, hardness):
+    peer_loss = _peer_loss_or_skip("directions")
+    g = torch.Generator().manual_seed(1)
+    vectors = [F.normalize(torch.randn(6, 16, generator=g), dim=-1) for _ in range(3 if with_negatives else 2)]
+    peer = peer_loss(None, scale=20.0, directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"),
+                     partition_mode="joint", hardness_mode="all_negatives" if hardness else None,
+                     hardness_strength=hardness)
+    negatives = vectors[2] if with_negatives else None
+    ours = compute_loss_from_embeddings(vectors[0], vectors[1], negatives, 0.05, all_directions=True,
+                                        hardness=hardness, hardness_mode="all")
+    assert ours.item() == pytest.approx(peer.compute_loss_from_embeddings(vectors, None).item(), rel=1e-5)
+    one_direction = compute_loss_from_embeddings(vectors[0], vectors[1], negatives, 0.05, hardness=hardness,
+                                                 hardness_mode="all")
+    assert ours.item() - one_direction.item() > 0.1  # the extra terms reached the loss
+
+
+def _peer_loss_or_skip(parameter: str):
+    """sentence-transformers' MultipleNegativesRankingLoss where it has `parameter`, else skip."""
+    losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+    if parameter not in inspect.signature(losses.MultipleNegativesRankingLoss).parameters:
+        pytest.skip(f"this sentence-transformers' MultipleNegativesRankingLoss has no {parameter}")
+    return losses.MultipleNegativesRankingLoss
 
 
 def test_hard_negatives_raise_the_loss_as_they_get_closer():

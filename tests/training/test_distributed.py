@@ -118,6 +118,10 @@ VARIANTS = {  # name -> (model kind, train fields)
     "llama-learnable-temperature": ("llama", {"loss": "infonce", "learnable_temperature": True}),
     # The reverse direction gathers the anchors with gradient too; through GradCache's replay.
     "llama-cached-symmetric": ("llama", {"loss": "cached", "symmetric": True}),
+    # GTE's extra directions mask each triplet's own texts, and the hardness weighting finds each anchor's own
+    # positive and hard negative, among all ranks' candidates.
+    "llama-infonce-all-directions-hardness": ("llama", {"loss": "infonce", "all_directions": True, "hardness": 5.0,
+                                                        "hardness_mode": "in_batch"}),
     "gemma-infonce": ("gemma3", {"loss": "infonce"}),
     "gemma-infonce-no-hn": ("gemma3", {"loss": "infonce", "hard_negatives": False}),
     "gemma-cached": ("gemma3", {"loss": "cached"}),
@@ -143,9 +147,10 @@ def two_rank_runs(model_dirs, uneven_data_dir, tmp_path_factory) -> Path:
     return root
 
 
-# The default run covers both models, both losses, with and without hard negatives, and the symmetric loss; the
-# rest run with -m slow.
-DEFAULT_VARIANTS = ("llama-infonce", "llama-cached", "gemma-cached-no-hn", "llama-cached-symmetric")
+# The default run covers both models, both losses, with and without hard negatives, the symmetric loss and the
+# GTE loss with the hardness weighting; the rest run with -m slow.
+DEFAULT_VARIANTS = ("llama-infonce", "llama-cached", "gemma-cached-no-hn", "llama-cached-symmetric",
+                    "llama-infonce-all-directions-hardness")
 
 
 @pytest.mark.parametrize("name", [name if name in DEFAULT_VARIANTS else pytest.param(name, marks=pytest.mark.slow)

@@ -46,7 +46,8 @@ class CleaningReport:
 
     Raw NLI pairs (premise, hypothesis, label) are first turned into rows (`read` counts those rows); the `pairs_`
     counts say which pair rows that conversion dropped, by reason, so that `pairs_read` is their sum plus the rows
-    used (one entailed and, with hard negatives, one contradicted hypothesis per row built). Blank lines skipped in
+    used (each row built uses one entailed hypothesis and, with hard negatives, one contradicted one, which
+    `all_entailed` may share between the rows of a premise). Blank lines skipped in
     the files, and kept rows cut by `max_train_samples`, are counted too (and listed only when there are some).
     """
 
@@ -110,7 +111,7 @@ def read_training_file(spec: str, config: DataConfig, hard_negatives: bool = Tru
     header = rows[0].values.keys()
     if all(c in header for c in PAIR_COLUMNS) and config.anchor_column not in header:
         _check_unicode(path, rows, PAIR_COLUMNS[:2])
-        return [t.texts() for t in pairs_to_triplets(rows, hard_negatives, report, str(path))]
+        return [t.texts() for t in pairs_to_triplets(rows, hard_negatives, report, str(path), config.all_entailed)]
     columns = [config.anchor_column, config.positive_column]
     require_columns(path, rows, columns)
     if hard_negatives:
@@ -139,13 +140,14 @@ def _cells(values: dict, columns: list[str]) -> RawRow | None:
 
 
 def pairs_to_triplets(rows: list[Row], hard_negatives: bool = True, report: CleaningReport | None = None,
-                      source: str = "NLI pairs") -> list[Triplet]:
+                      source: str = "NLI pairs", all_entailed: bool = False) -> list[Triplet]:
     """Premise; its first entailed hypothesis as positive; its first contradicted one as hard negative (none
-    without hard negatives). Labels are names or the hub's class ids (0/1/2, -1 for no gold label); each dropped
-    row is counted in `report` by reason."""
+    without hard negatives). With `all_entailed`, one triplet per entailed hypothesis, their hard negatives taken
+    from the premise's contradicted ones in turn. Labels are names or the hub's class ids (0/1/2, -1 for no gold
+    label); each dropped row is counted in `report` by reason."""
     report = report if report is not None else CleaningReport()
-    entailed: dict[str, str] = {}
-    contradicted: dict[str, str] = {}
+    entailed: dict[str, list[str]] = {}
+    contradicted: dict[str, list[str]] = {}
     rows_of: dict[str, list[str]] = {}  # premise -> labels of its usable rows, premises in order of appearance
     numeric = False
     for row in rows:
@@ -163,7 +165,7 @@ def pairs_to_triplets(rows: list[Row], hard_negatives: bool = True, report: Clea
             report.pairs_neutral += 1
         else:
             labels.append(label)
-            (entailed if label == "entailment" else contradicted).setdefault(premise, hypothesis)
+            (entailed if label == "entailment" else contradicted).setdefault(premise, []).append(hypothesis)
     if numeric:
         log.info("%s: numeric NLI labels read as 0 entailment, 1 neutral, 2 contradiction, -1 no gold label "
                  "(the hub's SNLI/MultiNLI class ids)", source)
@@ -174,10 +176,19 @@ def pairs_to_triplets(rows: list[Row], hard_negatives: bool = True, report: Clea
         elif hard_negatives and premise not in contradicted:
             report.pairs_no_contradiction += len(labels)
         else:
-            used = 2 if hard_negatives else 1
-            report.pairs_unused += len(labels) - used
-            triplets.append(Triplet(premise, entailed[premise], contradicted[premise] if hard_negatives else None))
+            built = _premise_triplets(premise, entailed[premise], contradicted.get(premise, []), hard_negatives,
+                                      all_entailed)
+            negatives_used = min(len(built), len(contradicted[premise])) if hard_negatives else 0
+            report.pairs_unused += len(labels) - len(built) - negatives_used
+            triplets.extend(built)
     return triplets
+
+
+def _premise_triplets(premise: str, entailed: list[str], contradicted: list[str], hard_negatives: bool,
+                      all_entailed: bool) -> list[Triplet]:
+    positives = entailed if all_entailed else entailed[:1]
+    return [Triplet(premise, positive, contradicted[i % len(contradicted)] if hard_negatives else None)
+            for i, positive in enumerate(positives)]
 
 
 def _text(value: object) -> str:

@@ -23,7 +23,8 @@ def build_loss(t: TrainConfig, embedder: Embedder) -> InfoNCELoss:
     options = dict(temperature=t.temperature, learnable_temperature=t.learnable_temperature,
                    hard_negatives=t.hard_negatives, chunk_tokens=t.chunk_tokens,
                    packing=t.packing and not t.gradient_checkpointing, gather_with_grad=t.gather_with_grad,
-                   symmetric=t.symmetric)
+                   symmetric=t.symmetric, hardness=t.hardness, hardness_mode=t.hardness_mode,
+                   all_directions=t.all_directions)
     if t.loss == "cached":
         return CachedInfoNCELoss(embedder, mini_batch_tokens=t.mini_batch_tokens, **options)
     return InfoNCELoss(embedder, **options)

@@ -5,6 +5,11 @@ target class. With temperature 0.05 this equals sentence-transformers' MultipleN
 `symmetric` adds the reverse direction (each positive against every anchor, its own anchor the target) and
 averages the two, as sentence-transformers' MultipleNegativesSymmetricRankingLoss does: the same vectors, a
 second set of negatives (the other anchors) at the cost of one more small matrix product.
+`all_directions` is GTE's improved contrastive loss (arXiv 2308.03281): one softmax per triplet over the anchor's
+candidates, the other anchors, every anchor against the positive, and the other triplets' texts against the
+positive; its negatives cost no extra forward pass either.
+`hardness` weights negatives by how hard they already are (EmbeddingGemma, arXiv 2509.20354; Lan et al. 2025):
+each chosen negative's logit gains hardness x its cosine, without gradient through that weight.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from embedtune.config import MAX_TEMPERATURE, MIN_TEMPERATURE
+from embedtune.config import HARDNESS_MODES, MAX_TEMPERATURE, MIN_TEMPERATURE
 from embedtune.data.sampling import TripletBatch
 from embedtune.models.embedder import Embedder
 
@@ -60,9 +65,15 @@ def compute_loss_from_embeddings(
     temperature: torch.Tensor | float,
     gather_with_grad: bool = False,
     symmetric: bool = False,
+    hardness: float = 0.0,
+    hardness_mode: str = "hard_negatives",
+    all_directions: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of each anchor over [all positives; all hard negatives]; inputs are L2-normalised.
-    With `symmetric`, the mean of that and of each positive's cross-entropy over all anchors.
+    With `symmetric`, the mean of that and of each positive's cross-entropy over all anchors. With `hardness`,
+    the anchor's negatives picked by `hardness_mode` get hardness x their (detached) cosine added to their logit.
+    With `all_directions`, one cross-entropy over [that row; the other anchors; all anchors against the positive;
+    the other triplets' texts against the positive] (GTE).
 
     Across ranks (local_loss style): local anchors against every rank's candidates, so memory grows with the
     local batch only; `gather_with_grad` lets gradients flow into other ranks' candidates too.
@@ -73,13 +84,68 @@ def compute_loss_from_embeddings(
     candidates = [world_positives]
     if negatives is not None:
         candidates.append(gather_candidates(negatives, gather_with_grad))
-    logits = anchors @ torch.cat(candidates).T / temperature
+    cosines = anchors @ torch.cat(candidates).T
     targets = torch.arange(n, device=anchors.device) + rank * n
+    logits = cosines / temperature
+    if hardness:
+        weighted = hardness_weighted_columns(cosines.shape, targets, negatives is not None, hardness_mode)
+        logits = logits + torch.where(weighted, hardness * cosines.detach(), 0.0)
+    if all_directions:
+        logits = torch.cat([logits, *_other_directions(anchors, positives, torch.cat(candidates), targets,
+                                                       gather_with_grad, temperature)], dim=1)
     loss = F.cross_entropy(logits.float(), targets)
     if not symmetric:
         return loss
     reverse = positives @ gather_candidates(anchors, gather_with_grad).T / temperature
     return (loss + F.cross_entropy(reverse.float(), targets)) / 2
+
+
+def _other_directions(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor,
+                      gather_with_grad: bool, temperature: torch.Tensor | float) -> list[torch.Tensor]:
+    """GTE's extra logits: anchor vs other anchors, positive vs all anchors, positive vs other triplets' texts.
+
+    The anchor itself and the positive's own triplet (itself, its hard negative) are masked out, since they are not
+    negatives; the positive's own anchor stays, as in GTE's partition function.
+    """
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    world_anchors = gather_candidates(anchors, gather_with_grad)
+    anchor_anchor = _masked(anchors @ world_anchors.T / temperature, rows, targets)
+    positive_anchor = positives @ world_anchors.T / temperature
+    positive_text = positives @ candidates.T / temperature
+    world_n = world_anchors.shape[0]
+    for offset in range(0, candidates.shape[0], world_n):  # its own positive, then its own hard negative
+        positive_text = _masked(positive_text, rows, targets + offset)
+    return [anchor_anchor, positive_anchor, positive_text]
+
+
+def _masked(logits: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The logits with (rows[i], columns[i]) set to -inf: out of every softmax, without touching the graph's input."""
+    return logits.index_put((rows, columns), logits.new_full((), -torch.inf))
+
+
+def hardness_weighted_columns(shape: torch.Size, targets: torch.Tensor, has_negatives: bool,
+                              mode: str) -> torch.Tensor:
+    """True where an anchor's logit gets the hardness term; columns are [all positives; all negatives].
+
+    hard_negatives: the anchor's own hard negative only (EmbeddingGemma); in_batch: every other triplet's positive
+    and hard negative; all: every candidate but the anchor's own positive.
+    """
+    if mode not in HARDNESS_MODES:
+        raise ValueError(f"hardness_mode must be one of {', '.join(HARDNESS_MODES)}, got '{mode}'")
+    rows = torch.arange(shape[0], device=targets.device)
+    world_n = shape[1] // 2 if has_negatives else shape[1]
+    own = torch.zeros(shape, dtype=torch.bool, device=targets.device)
+    own[rows, targets] = True
+    own_negative = torch.zeros_like(own)
+    if has_negatives:
+        own_negative[rows, targets + world_n] = True
+    if mode == "hard_negatives":
+        chosen = own_negative
+    elif mode == "in_batch":
+        chosen = ~(own | own_negative)
+    else:
+        chosen = ~own
+    return chosen
 
 
 class InfoNCELoss(nn.Module):
@@ -92,11 +158,15 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, embedder: Embedder, temperature: float = 0.05, learnable_temperature: bool = False,
                  hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = True,
-                 packing: bool = True, symmetric: bool = False):
+                 packing: bool = True, symmetric: bool = False, hardness: float = 0.0,
+                 hardness_mode: str = "hard_negatives", all_directions: bool = False):
         super().__init__()
         self.embedder = embedder
         self.hard_negatives = hard_negatives
         self.symmetric = symmetric
+        self.hardness = hardness
+        self.hardness_mode = hardness_mode
+        self.all_directions = all_directions
         self.chunk_tokens = chunk_tokens
         self.gather_with_grad = gather_with_grad
         self.packing = packing
@@ -134,7 +204,7 @@ class InfoNCELoss(nn.Module):
     def forward(self, batch: TripletBatch) -> torch.Tensor:
         anchors, positives, negatives = self.embed(batch)
         return compute_loss_from_embeddings(anchors, positives, negatives, self.temperature, self.gather_with_grad,
-                                            self.symmetric)
+                                            self.symmetric, self.hardness, self.hardness_mode, self.all_directions)
 
 
 def _deduplicate(texts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
