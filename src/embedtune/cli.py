@@ -85,7 +85,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _switch(p, "decontaminate", "drop training rows whose sentences occur in the STS sets (default on)")
     _flag(p, "max_train_samples", type=int)
     _switch(p, "all_entailed", "raw NLI pairs: one triplet per entailed hypothesis, not only the first of each "
-                               "premise (default off)")
+                               "premise; without --train-file, reads DATA_DIR/nli/pairs/ (default off)")
     _flag(p, "output_dir", required=True)
     for name, kind in (("batch_size", int), ("lr", float), ("epochs", int), ("max_steps", int),
                        ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),

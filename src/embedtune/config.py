@@ -57,7 +57,7 @@ class DataConfig:
     decontaminate: bool = True  # drop training rows whose sentences occur in the STS evaluation sets
     max_train_samples: int | None = None
     # Raw NLI pairs: one triplet per entailed hypothesis (hard negatives: the premise's contradicted ones in turn),
-    # not only one per premise.
+    # not only one per premise; without train_files, training then reads DATA_DIR/nli/pairs/.
     all_entailed: bool = False
 
 

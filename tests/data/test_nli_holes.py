@@ -96,6 +96,22 @@ def test_all_entailed_builds_one_triplet_per_entailed_hypothesis(tmp_path):
     assert report.pairs_unused == 3  # C1, C7, C8 unused without hard negatives
 
 
+def test_all_entailed_reads_the_data_dirs_raw_pairs_and_says_when_files_are_triplets(tmp_path, caplog):
+    (tmp_path / "nli" / "pairs").mkdir(parents=True)
+    (tmp_path / "nli" / "triplets").mkdir()
+    write(tmp_path / "nli" / "pairs" / "a.tsv", PAIRS_BY_NAME)
+    triplets_file = write(tmp_path / "nli" / "triplets" / "t.tsv", "sent0\tsent1\thard_neg\na\tb\tc\nd\te\tf\n")
+    triplets, _ = load_triplets(DataConfig(all_entailed=True), tmp_path, None, hard_negatives=False)
+    assert triplets == [Triplet("P1", "E1"), Triplet("P1", "E2"), Triplet("P2", "E3")]
+    with caplog.at_level(logging.WARNING, logger="embedtune"):
+        triplets, _ = load_triplets(DataConfig(all_entailed=True, train_files=[triplets_file]), None, None)
+    assert triplets == [Triplet("a", "b", "c"), Triplet("d", "e", "f")]
+    assert any("t.tsv holds triplets, read as they are" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    load_triplets(DataConfig(), tmp_path, None)  # without the switch: the triplets folder, no warning
+    assert not caplog.records
+
+
 def test_triplet_files_report_no_pair_counts(tiny_data_dir):
     _, report = load_triplets(DataConfig(), tiny_data_dir, None)
     assert not any(k.startswith("pairs_") for k in report.as_dict()) and "NLI pair" not in report.summary()

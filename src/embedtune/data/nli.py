@@ -88,11 +88,12 @@ class CleaningReport:
 
 
 def training_files(config: DataConfig, data_dir: Path | None) -> list[str]:
-    """Explicit files, else every table in DATA_DIR/nli/triplets/, else SimCSE's file on the hub."""
+    """Explicit files, else every table in DATA_DIR/nli/triplets/ (DATA_DIR/nli/pairs/ with `all_entailed`, which
+    needs raw pairs), else SimCSE's file on the hub (already one triplet per entailed hypothesis)."""
     if config.train_files:
         return list(config.train_files)
     if data_dir is not None:
-        folder = data_dir / "nli" / "triplets"
+        folder = data_dir / "nli" / ("pairs" if config.all_entailed else "triplets")
         files = sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in TABLE_SUFFIXES)
         if not files:
             raise DataError("no training data (no .tsv/.csv/.jsonl/.parquet files)", file=str(folder))
@@ -112,6 +113,9 @@ def read_training_file(spec: str, config: DataConfig, hard_negatives: bool = Tru
     if all(c in header for c in PAIR_COLUMNS) and config.anchor_column not in header:
         _check_unicode(path, rows, PAIR_COLUMNS[:2])
         return [t.texts() for t in pairs_to_triplets(rows, hard_negatives, report, str(path), config.all_entailed)]
+    if config.all_entailed:
+        log.warning("%s holds triplets, read as they are: --all-entailed builds triplets from raw NLI pairs "
+                    "(premise, hypothesis, label)", path)
     columns = [config.anchor_column, config.positive_column]
     require_columns(path, rows, columns)
     if hard_negatives:
