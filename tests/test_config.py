@@ -116,13 +116,15 @@ def test_every_shipped_config_loads_and_validates(path):
 
 
 def test_the_make_run_config_is_the_measured_recipe():
-    """docs/RESULTS.md reports `make run` with exactly these settings (one epoch, 181 steps of batch 64)."""
+    """docs/RESULTS.md reports `make run` with exactly these settings (one epoch, 198 steps of batch 64, every
+    entailed hypothesis of the raw NLI pairs)."""
     config = Config.from_yaml(Path(__file__).parents[1] / "configs" / "cpu-quick.yaml")
     t = config.train
     assert (t.batch_size, t.epochs, t.max_steps, t.lr, t.symmetric, t.temperature, t.hard_negatives, t.select) == (
         64, 1, None, 5e-4, True, 0.05, True, "final")
     assert (config.lora.r, config.lora.alpha, config.lora.targets, config.train.precision) == (16, 32, "all-linear",
                                                                                               "auto")
+    assert (config.data.all_entailed, config.data.train_files) == (True, [])
 
 
 def test_the_ablation_config_pins_fp32_and_scores_the_final_adapter():

@@ -84,14 +84,15 @@ def compute_loss_from_embeddings(
     candidates = [world_positives]
     if negatives is not None:
         candidates.append(gather_candidates(negatives, gather_with_grad))
-    cosines = anchors @ torch.cat(candidates).T
+    all_candidates = torch.cat(candidates)
+    cosines = anchors @ all_candidates.T
     targets = torch.arange(n, device=anchors.device) + rank * n
     logits = cosines / temperature
     if hardness:
         weighted = hardness_weighted_columns(cosines.shape, targets, negatives is not None, hardness_mode)
         logits = logits + torch.where(weighted, hardness * cosines.detach(), 0.0)
     if all_directions:
-        logits = torch.cat([logits, *_other_directions(anchors, positives, torch.cat(candidates), targets,
+        logits = torch.cat([logits, *_other_directions(anchors, positives, all_candidates, targets,
                                                        gather_with_grad, temperature)], dim=1)
     loss = F.cross_entropy(logits.float(), targets)
     if not symmetric:
