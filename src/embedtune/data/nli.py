@@ -180,18 +180,19 @@ def pairs_to_triplets(rows: list[Row], hard_negatives: bool = True, report: Clea
         elif hard_negatives and premise not in contradicted:
             report.pairs_no_contradiction += len(labels)
         else:
-            built = _premise_triplets(premise, entailed[premise], contradicted.get(premise, []), hard_negatives,
-                                      all_entailed)
-            negatives_used = min(len(built), len(contradicted[premise])) if hard_negatives else 0
+            negatives = contradicted.get(premise, []) if hard_negatives else []
+            built = _premise_triplets(premise, entailed[premise], negatives, all_entailed)
+            negatives_used = min(len(built), len(negatives))
             report.pairs_unused += len(labels) - len(built) - negatives_used
             triplets.extend(built)
     return triplets
 
 
-def _premise_triplets(premise: str, entailed: list[str], contradicted: list[str], hard_negatives: bool,
-                      all_entailed: bool) -> list[Triplet]:
+def _premise_triplets(premise: str, entailed: list[str], negatives: list[str], all_entailed: bool) -> list[Triplet]:
+    """The premise's triplets: its first (or every) entailed hypothesis, each with the next of `negatives` in
+    turn, or with none when `negatives` is empty (hard negatives off)."""
     positives = entailed if all_entailed else entailed[:1]
-    return [Triplet(premise, positive, contradicted[i % len(contradicted)] if hard_negatives else None)
+    return [Triplet(premise, positive, negatives[i % len(negatives)] if negatives else None)
             for i, positive in enumerate(positives)]
 
 
