@@ -21,6 +21,7 @@ from embedtune.errors import ConfigError
     ("train", "hardness", -1.0, "train.hardness must be >= 0"),
     ("train", "hardness", float("nan"), "train.hardness must be >= 0"),
     ("train", "hardness_mode", "hard", "train.hardness_mode must be one of hard_negatives, in_batch, all"),
+    ("train", "schedule", "step", "train.schedule must be one of cosine, linear, constant, got 'step'"),
 ])
 def test_invalid_values_are_rejected(section, key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -18,6 +18,7 @@ from embedtune.config import (
     POOLINGS,
     PRECISIONS,
     QUANTIZATIONS,
+    SCHEDULES,
     SELECTIONS,
     Config,
 )
@@ -36,7 +37,7 @@ EVAL_FLAGS = {"tasks": ("eval", "tasks"), "batch_size": ("eval", "batch_size"), 
               "output": ("eval", "output"), "query_prompt": ("eval", "query_prompt"),
               "document_prompt": ("eval", "document_prompt")}
 TRAIN_FLAGS = {name: ("train", name) for name in (
-    "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
+    "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "schedule", "weight_decay", "max_grad_norm",
     "temperature", "learnable_temperature", "hard_negatives", "symmetric", "all_directions", "hardness",
     "hardness_mode", "gradient_checkpointing", "precision", "seed", "eval_steps", "save_steps", "save_total_limit",
     "resume", "chunk_tokens", "packing", "loss", "mini_batch_tokens", "on_bad_loss", "max_bad_steps", "spike_factor",
@@ -93,6 +94,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                        ("save_total_limit", int), ("chunk_tokens", int), ("mini_batch_tokens", int),
                        ("lora_r", int), ("lora_alpha", int), ("lora_dropout", float), ("eval_batch_size", int)):
         _flag(p, name, type=kind)
+    _flag(p, "schedule", choices=SCHEDULES,
+          help="learning rate after the linear warm-up: cosine (default) or linear decay to zero, or constant")
     _flag(p, "on_bad_loss", choices=BAD_LOSS_POLICIES,
           help="a NaN/inf loss or gradient (or a spike): stop (default; the last good checkpoint stays) or skip "
                "that step's update")

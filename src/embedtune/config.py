@@ -28,6 +28,9 @@ HARDNESS_MODES = ("hard_negatives", "in_batch", "all")
 QUANTIZATIONS = ("int8",)  # dynamic int8 of the frozen linear layers, CPU inference only
 LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
 SELECTIONS = ("best", "final")  # which adapter `run` evaluates and reports: best by dev score, or the last one
+# After the linear warm-up: cosine decay to zero, linear decay to zero (transformers' Trainer default, which the
+# paper's scripts ran), or the peak rate to the end.
+SCHEDULES = ("cosine", "linear", "constant")
 BAD_LOSS_POLICIES = ("stop", "skip")  # a NaN/inf loss or gradient, or a loss spike: stop, or drop that step
 DEFAULT_MAX_LENGTH = 512  # when neither the config nor a saved embedder folder says otherwise
 # The learnable temperature is kept where logits stay finite and the softmax keeps a gradient (CLIP's bound).
@@ -77,6 +80,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None
     warmup_ratio: float = 0.05
+    schedule: str = "cosine"  # after warm-up: cosine | linear (both to zero) | constant (SCHEDULES)
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     temperature: float = 0.05
@@ -174,6 +178,7 @@ class Config:
             (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
             (t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}"),
             (0 <= t.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}"),
+            (t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'"),
             (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
             (t.max_grad_norm > 0, f"train.max_grad_norm must be > 0, got {t.max_grad_norm}"),
             (t.eval_steps >= 0, f"train.eval_steps must be >= 0, got {t.eval_steps}"),

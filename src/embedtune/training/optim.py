@@ -27,19 +27,29 @@ def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, lr: float,
     return torch.optim.AdamW(groups, lr=lr), decayed + undecayed
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_ratio: float,
-                       total: Callable[[], int]) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to zero; `total()` is read at every
-    step, so a run resized early (a time budget) decays over its new length."""
+def warmup_then_decay(optimizer: torch.optim.Optimizer, warmup_ratio: float, total: Callable[[], int],
+                      schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_ratio` of the steps, then `schedule` (config.SCHEDULES): cosine or linear
+    decay to zero, or the peak rate held. `total()` is read at every step, so a run resized early (a time budget)
+    decays over its new length."""
+    decay = _DECAYS[schedule]
+
     def factor(step: int) -> float:
         steps = total()
         warmup = int(warmup_ratio * steps)
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return decay(min((step - warmup) / max(1, steps - warmup), 1.0))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# progress through the decay (0 -> 1) -> fraction of the peak learning rate
+_DECAYS: dict[str, Callable[[float], float]] = {
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "linear": lambda progress: 1.0 - progress,
+    "constant": lambda progress: 1.0,
+}
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """The training loop: short and linear, read it top to bottom.
 
-data -> embedder + LoRA -> InfoNCE -> AdamW + cosine schedule -> checkpoints, dev evaluation, metrics.jsonl.
+data -> embedder + LoRA -> InfoNCE -> AdamW + warm-up and decay schedule -> checkpoints, dev evaluation, metrics.jsonl.
 Device, dtype and every speed path come from the embedder's backend (models/backend.py), decided once.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from embedtune.training.callbacks import Callback, TrainState
 from embedtune.training.engine import Engine, check_engine_supports
 from embedtune.training.guard import LossGuard
 from embedtune.training.metrics import METRICS, MetricsLog, non_embedding_parameters, peak_rss_gb
-from embedtune.training.optim import build_optimizer, cosine_with_warmup, stop_requests
+from embedtune.training.optim import build_optimizer, stop_requests, warmup_then_decay
 
 log = logging.getLogger(__name__)
 __all__ = ["METRICS", "Callback", "TrainState", "dev_evaluator", "train"]
@@ -105,7 +105,7 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     state = TrainState(out, 0, total_steps(len(data), t.batch_size, t.epochs, t.max_steps), t.eval_steps, embedder,
                        loss_fn, engine.optimizer)
-    scheduler = cosine_with_warmup(optimizer, t.warmup_ratio, lambda: state.total_steps)
+    scheduler = warmup_then_decay(optimizer, t.warmup_ratio, lambda: state.total_steps, t.schedule)
     guard = LossGuard(t.on_bad_loss, t.max_bad_steps, t.spike_factor)
     flops_per_token = 4 * non_embedding_parameters(embedder.model)  # LoRA: forward 2N + input-grad backward 2N
     resumed = resume(state, scheduler, guard, ranks) if t.resume else False
