@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 import embedtune
 
@@ -73,3 +77,11 @@ def test_the_import_graph_has_no_cycle():
         if module not in state and module != "embedtune":
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_package_passes_its_own_lint_rules():
+    """pyproject.toml promises `ruff check src` is clean (line length, imports, bugbear, pyupgrade): hold it to that."""
+    ruff = pytest.importorskip("ruff")
+    found = subprocess.run([os.fsdecode(ruff.find_ruff_bin()), "check", "--no-cache", str(PACKAGE)],
+                           capture_output=True, text=True)
+    assert found.returncode == 0, found.stdout

@@ -28,8 +28,8 @@ HARDNESS_MODES = ("hard_negatives", "in_batch", "all")
 QUANTIZATIONS = ("int8",)  # dynamic int8 of the frozen linear layers, CPU inference only
 LORA_TARGET_PRESETS = ("attention", "qv", "all-linear")
 SELECTIONS = ("best", "final")  # which adapter `run` evaluates and reports: best by dev score, or the last one
-# After the linear warm-up: cosine decay to zero, linear decay to zero (transformers' Trainer default, which the
-# paper's scripts ran), or the peak rate to the end.
+# After the linear warm-up: cosine decay to zero, linear decay to zero (transformers' Trainer default), or the
+# peak rate to the end.
 SCHEDULES = ("cosine", "linear", "constant")
 BAD_LOSS_POLICIES = ("stop", "skip")  # a NaN/inf loss or gradient, or a loss spike: stop, or drop that step
 DEFAULT_MAX_LENGTH = 512  # when neither the config nor a saved embedder folder says otherwise

@@ -1,6 +1,6 @@
 """The training loop: short and linear, read it top to bottom.
 
-data -> embedder + LoRA -> InfoNCE -> AdamW + warm-up and decay schedule -> checkpoints, dev evaluation, metrics.jsonl.
+data -> embedder + LoRA -> InfoNCE -> AdamW + warm-up and decay -> checkpoints, dev evaluation, metrics.jsonl.
 Device, dtype and every speed path come from the embedder's backend (models/backend.py), decided once.
 """
 from __future__ import annotations
