@@ -40,9 +40,8 @@ TRAIN_FLAGS = {name: ("train", name) for name in (
     "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "schedule", "weight_decay",
     "max_grad_norm", "temperature", "learnable_temperature", "hard_negatives", "symmetric", "all_directions",
     "hardness", "hardness_mode", "gradient_checkpointing", "precision", "seed", "eval_steps", "save_steps",
-    "save_total_limit",
-    "resume", "chunk_tokens", "packing", "loss", "mini_batch_tokens", "on_bad_loss", "max_bad_steps", "spike_factor",
-    "gather_with_grad")}
+    "save_total_limit", "resume", "chunk_tokens", "packing", "loss", "mini_batch_tokens", "on_bad_loss",
+    "max_bad_steps", "spike_factor", "gather_with_grad")}
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
                 "tasks": ("eval", "tasks")}

@@ -2,27 +2,37 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from embedtune.cli import DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, build_parser, config_from_args
-from embedtune.training.optim import warmup_then_decay
+from embedtune.config import SCHEDULES
+from embedtune.training.optim import _DECAYS, warmup_then_decay
 
 PEAK = 1e-3
 
 
-def _rates(schedule: str, steps: int, warmup_ratio: float, total=None) -> list[float]:
+def _scheduled(schedule: str, warmup_ratio: float, total: Callable[[], int]) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
+    return optimizer, warmup_then_decay(optimizer, warmup_ratio, total, schedule)
+
+
+def _rates(schedule: str, steps: int, warmup_ratio: float) -> list[float]:
     """The rate each optimizer step runs at, read as the loop does: step, then advance the scheduler."""
-    weight = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([weight], lr=PEAK)
-    scheduler = warmup_then_decay(optimizer, warmup_ratio, total or (lambda: steps), schedule)
+    optimizer, scheduler = _scheduled(schedule, warmup_ratio, lambda: steps)
     rates = []
     for _ in range(steps):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
     return rates
+
+
+def test_every_configurable_schedule_has_a_decay():
+    assert set(SCHEDULES) == set(_DECAYS)
 
 
 @pytest.mark.parametrize("schedule,after_warmup", [
@@ -39,9 +49,7 @@ def test_each_schedule_follows_its_formula_after_the_same_warmup(schedule, after
 def test_decay_follows_a_total_changed_mid_run():
     """A time budget resizes the run: the decay stretches over the new length from the step it is read."""
     total = {"steps": 20}
-    weight = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([weight], lr=PEAK)
-    scheduler = warmup_then_decay(optimizer, 0.0, lambda: total["steps"], "linear")
+    optimizer, scheduler = _scheduled("linear", 0.0, lambda: total["steps"])
     for _ in range(5):
         optimizer.step()
         scheduler.step()
