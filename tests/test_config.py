@@ -21,6 +21,8 @@ from embedtune.errors import ConfigError
     ("train", "hardness", -1.0, "train.hardness must be >= 0"),
     ("train", "hardness", float("nan"), "train.hardness must be >= 0"),
     ("train", "hardness_mode", "hard", "train.hardness_mode must be one of hard_negatives, in_batch, all"),
+    ("train", "cosent", -0.5, "train.cosent must be >= 0"),
+    ("train", "cosent", float("inf"), "train.cosent must be >= 0"),
     ("train", "schedule", "step", "train.schedule must be one of cosine, linear, constant, got 'step'"),
 ])
 def test_invalid_values_are_rejected(section, key, value, message):
@@ -132,3 +134,10 @@ def test_the_ablation_config_pins_fp32_and_scores_the_final_adapter():
     config = Config.from_yaml(Path(__file__).parents[1] / "configs" / "ablation-cpu.yaml")
     assert (config.train.precision, config.eval.precision, config.train.select) == ("fp32", "fp32", "final")
     assert (config.train.max_steps, config.train.lr, config.lora.targets) == (100, 2e-4, "attention")
+
+
+def test_cosent_needs_hard_negatives_and_reaches_the_config_from_its_flag():
+    with pytest.raises(ConfigError, match=r"train.cosent ranks .* hard negatives are off \(--no-hard-negatives\)"):
+        Config.from_dict({"train": {"cosent": 1.0, "hard_negatives": False}}).validate()
+    args = build_parser().parse_args(["train", "--output-dir", "o", "--cosent", "0.5"])
+    assert config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS).validate().train.cosent == 0.5

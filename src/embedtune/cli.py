@@ -39,7 +39,7 @@ EVAL_FLAGS = {"tasks": ("eval", "tasks"), "batch_size": ("eval", "batch_size"), 
 TRAIN_FLAGS = {name: ("train", name) for name in (
     "output_dir", "batch_size", "lr", "epochs", "max_steps", "warmup_ratio", "schedule", "weight_decay",
     "max_grad_norm", "temperature", "learnable_temperature", "hard_negatives", "symmetric", "all_directions",
-    "hardness", "hardness_mode", "gradient_checkpointing", "precision", "seed", "eval_steps", "save_steps",
+    "hardness", "hardness_mode", "cosent", "gradient_checkpointing", "precision", "seed", "eval_steps", "save_steps",
     "save_total_limit", "resume", "chunk_tokens", "packing", "loss", "mini_batch_tokens", "on_bad_loss",
     "max_bad_steps", "spike_factor", "gather_with_grad")}
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
@@ -110,6 +110,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "hardness_mode", choices=HARDNESS_MODES,
           help="negatives --hardness reaches: each anchor's own hard negative (default), the other triplets' "
                "texts (in_batch), or both (all)")
+    _flag(p, "cosent", type=float,
+          help="add this x CoSENT's ranking loss: every (anchor, positive) cosine of the batch above every (anchor, "
+               "hard negative) one, across triplets, as STS ranks pairs (default 0: off)")
     _flag(p, "loss", choices=LOSSES,
           help="cached = GradCache: same loss and gradients, one mini-batch's activations in memory at a time")
     _flag(p, "lora_targets", help="attention (q,k,v,o; default) | qv | all-linear | comma-separated module names")

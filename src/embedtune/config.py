@@ -92,6 +92,9 @@ class TrainConfig:
     all_directions: bool = False
     hardness: float = 0.0  # > 0: add hardness x stop_grad(cosine) to the logits of the negatives hardness_mode picks
     hardness_mode: str = "hard_negatives"  # hard_negatives | in_batch | all (HARDNESS_MODES)
+    # > 0: add this x CoSENT's ranking term, every (anchor, positive) cosine above every (anchor, hard negative)
+    # one across the batch (losses/cosent.py); needs hard negatives.
+    cosent: float = 0.0
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto: the backend measures whether this machine runs bf16 faster than fp32
     seed: int = 42
@@ -195,6 +198,10 @@ class Config:
             (not t.hardness or t.hard_negatives or t.hardness_mode != "hard_negatives",
              "train.hardness with hardness_mode hard_negatives weights the hard negatives, which are off "
              "(--no-hard-negatives): pick --hardness-mode in_batch or all"),
+            (t.cosent >= 0 and math.isfinite(t.cosent), f"train.cosent must be >= 0, got {t.cosent}"),
+            (not t.cosent or t.hard_negatives,
+             "train.cosent ranks (anchor, positive) pairs above (anchor, hard negative) pairs, and hard negatives "
+             "are off (--no-hard-negatives)"),
             (t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}, got '{t.select}'"),
             (t.on_bad_loss in BAD_LOSS_POLICIES,
              f"train.on_bad_loss must be one of {', '.join(BAD_LOSS_POLICIES)}, got '{t.on_bad_loss}'"),

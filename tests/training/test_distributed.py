@@ -116,8 +116,9 @@ VARIANTS = {  # name -> (model kind, train fields)
     "llama-cached": ("llama", {"loss": "cached"}),
     "llama-cached-no-hn": ("llama", {"loss": "cached", "hard_negatives": False}),
     "llama-learnable-temperature": ("llama", {"loss": "infonce", "learnable_temperature": True}),
-    # The reverse direction gathers the anchors with gradient too; through GradCache's replay.
-    "llama-cached-symmetric": ("llama", {"loss": "cached", "symmetric": True}),
+    # The reverse direction gathers the anchors with gradient too, and CoSENT every rank's pair cosines; through
+    # GradCache's replay.
+    "llama-cached-symmetric-cosent": ("llama", {"loss": "cached", "symmetric": True, "cosent": 1.0}),
     # GTE's extra directions mask each triplet's own texts, and the hardness weighting finds each anchor's own
     # positive and hard negative, among all ranks' candidates.
     "llama-infonce-all-directions-hardness": ("llama", {"loss": "infonce", "all_directions": True, "hardness": 5.0,
@@ -147,9 +148,9 @@ def two_rank_runs(model_dirs, uneven_data_dir, tmp_path_factory) -> Path:
     return root
 
 
-# The default run covers both models, both losses, with and without hard negatives, the symmetric loss and the
-# GTE loss with the hardness weighting; the rest run with -m slow.
-DEFAULT_VARIANTS = ("llama-infonce", "llama-cached", "gemma-cached-no-hn", "llama-cached-symmetric",
+# The default run covers both models, both losses, with and without hard negatives, the symmetric loss with
+# CoSENT and the GTE loss with the hardness weighting; the rest run with -m slow.
+DEFAULT_VARIANTS = ("llama-infonce", "llama-cached", "gemma-cached-no-hn", "llama-cached-symmetric-cosent",
                     "llama-infonce-all-directions-hardness")
 
 

@@ -24,7 +24,7 @@ def build_loss(t: TrainConfig, embedder: Embedder) -> InfoNCELoss:
                    hard_negatives=t.hard_negatives, chunk_tokens=t.chunk_tokens,
                    packing=t.packing and not t.gradient_checkpointing, gather_with_grad=t.gather_with_grad,
                    symmetric=t.symmetric, hardness=t.hardness, hardness_mode=t.hardness_mode,
-                   all_directions=t.all_directions)
+                   all_directions=t.all_directions, cosent=t.cosent)
     if t.loss == "cached":
         return CachedInfoNCELoss(embedder, mini_batch_tokens=t.mini_batch_tokens, **options)
     return InfoNCELoss(embedder, **options)

@@ -10,6 +10,8 @@ candidates, the other anchors, every anchor against the positive, and the other 
 positive; its negatives cost no extra forward pass either.
 `hardness` weights negatives by how hard they already are (EmbeddingGemma, arXiv 2509.20354; Lan et al. 2025):
 each chosen negative's logit gains hardness x its cosine, without gradient through that weight.
+`cosent` adds that weight x CoSENT's ranking term (losses/cosent.py): every (anchor, positive) cosine of the batch
+above every (anchor, hard negative) cosine, across triplets, as STS's rankings of unrelated pairs ask.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from torch import nn
 
 from embedtune.config import HARDNESS_MODES, MAX_TEMPERATURE, MIN_TEMPERATURE
 from embedtune.data.sampling import TripletBatch
+from embedtune.losses.cosent import ranked_groups_loss
 from embedtune.models.embedder import Embedder
 
 
@@ -68,12 +71,14 @@ def compute_loss_from_embeddings(
     hardness: float = 0.0,
     hardness_mode: str = "hard_negatives",
     all_directions: bool = False,
+    cosent: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy of each anchor over [all positives; all hard negatives]; inputs are L2-normalised.
     With `symmetric`, the mean of that and of each positive's cross-entropy over all anchors. With `hardness`,
     the anchor's negatives picked by `hardness_mode` get hardness x their (detached) cosine added to their logit.
     With `all_directions`, one cross-entropy over [that row; the other anchors; all anchors against the positive;
-    the other triplets' texts against the positive] (GTE).
+    the other triplets' texts against the positive] (GTE). With `cosent` (hard negatives needed), plus that weight x
+    CoSENT over every rank's (anchor, positive) and (anchor, hard negative) cosines, the same on every rank.
 
     Across ranks (local_loss style): local anchors against every rank's candidates, so memory grows with the
     local batch only; `gather_with_grad` lets gradients flow into other ranks' candidates too.
@@ -95,10 +100,13 @@ def compute_loss_from_embeddings(
         logits = torch.cat([logits, *_other_directions(anchors, positives, all_candidates, targets,
                                                        gather_with_grad, temperature)], dim=1)
     loss = F.cross_entropy(logits.float(), targets)
-    if not symmetric:
-        return loss
-    reverse = positives @ gather_candidates(anchors, gather_with_grad).T / temperature
-    return (loss + F.cross_entropy(reverse.float(), targets)) / 2
+    if symmetric:
+        reverse = positives @ gather_candidates(anchors, gather_with_grad).T / temperature
+        loss = (loss + F.cross_entropy(reverse.float(), targets)) / 2
+    if cosent and negatives is not None:
+        pairs = [gather_candidates((anchors * texts).sum(-1), gather_with_grad) for texts in (positives, negatives)]
+        loss = loss + cosent * ranked_groups_loss(pairs, 1 / temperature)
+    return loss
 
 
 def _other_directions(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor,
@@ -160,7 +168,7 @@ class InfoNCELoss(nn.Module):
     def __init__(self, embedder: Embedder, temperature: float = 0.05, learnable_temperature: bool = False,
                  hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = True,
                  packing: bool = True, symmetric: bool = False, hardness: float = 0.0,
-                 hardness_mode: str = "hard_negatives", all_directions: bool = False):
+                 hardness_mode: str = "hard_negatives", all_directions: bool = False, cosent: float = 0.0):
         super().__init__()
         self.embedder = embedder
         self.hard_negatives = hard_negatives
@@ -168,6 +176,7 @@ class InfoNCELoss(nn.Module):
         self.hardness = hardness
         self.hardness_mode = hardness_mode
         self.all_directions = all_directions
+        self.cosent = cosent
         self.chunk_tokens = chunk_tokens
         self.gather_with_grad = gather_with_grad
         self.packing = packing
@@ -205,7 +214,8 @@ class InfoNCELoss(nn.Module):
     def forward(self, batch: TripletBatch) -> torch.Tensor:
         anchors, positives, negatives = self.embed(batch)
         return compute_loss_from_embeddings(anchors, positives, negatives, self.temperature, self.gather_with_grad,
-                                            self.symmetric, self.hardness, self.hardness_mode, self.all_directions)
+                                            self.symmetric, self.hardness, self.hardness_mode, self.all_directions,
+                                            self.cosent)
 
 
 def _deduplicate(texts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
