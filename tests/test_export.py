@@ -246,12 +246,13 @@ def test_adapter_only_export_records_resolved_settings(tiny_model_dir, tiny_adap
     info = json.loads((out / EXPORT_INFO_FILE).read_text())
     # Resolved, not the raw None options: eos for a decoder, no prompt, 512 capped to the model's 256 positions.
     assert (info["pooling"], info["prompt"], info["max_length"]) == ("eos", "", 256)
-    assert adapter_settings(out) == {"pooling": "eos", "prompt": "", "max_length": 256}
+    assert adapter_settings(out) == {"pooling": "eos", "prompt": "", "max_length": 256, "num_layers": 2}
 
     out = export(str(tiny_model_dir), str(tiny_adapter_dir), tmp_path / "options", adapter_only=True, pooling="mean",
                  prompt=PROMPT, max_length=EXPORT_LENGTH)
-    assert adapter_settings(out) == {"pooling": "mean", "prompt": PROMPT, "max_length": EXPORT_LENGTH}
-    assert adapter_settings(tiny_adapter_dir) == {}  # a training adapter records nothing
+    assert adapter_settings(out) == {"pooling": "mean", "prompt": PROMPT, "max_length": EXPORT_LENGTH,
+                                     "num_layers": 2}
+    assert adapter_settings(tiny_adapter_dir) == {}  # an adapter peft saved alone records nothing
     assert json.loads((out / EXPORT_INFO_FILE).read_text())["format"] == "peft-lora-adapter"
 
 

@@ -25,10 +25,10 @@ from embedtune.config import (
 from embedtune.errors import EmbedtuneError, TrainingStopped
 
 # flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
-MODEL_FLAGS = {"model": ("model", "name"), "adapter": ("model", "adapter"), "pooling": ("model", "pooling"),
-               "prompt": ("model", "prompt"), "max_length": ("model", "max_length"),
-               "trust_remote_code": ("model", "trust_remote_code"), "device": ("model", "device"),
-               "quantize": ("model", "quantize"), "allow_pickle": ("model", "allow_pickle")}
+MODEL_FLAGS = {name: ("model", name) for name in (
+    "adapter", "pooling", "prompt", "max_length", "num_layers", "trust_remote_code", "device", "quantize",
+    "allow_pickle")}
+MODEL_FLAGS["model"] = ("model", "name")
 DATA_FLAGS = {"data_dir": ("data", "data_dir"), "train_file": ("data", "train_files"),
               "anchor_column": ("data", "anchor_column"), "positive_column": ("data", "positive_column"),
               "negative_column": ("data", "negative_column"), "decontaminate": ("data", "decontaminate"),
@@ -64,6 +64,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
           help="default: the saved folder's, else eos for decoder LMs and mean for encoders")
     _flag(p, "prompt", help="prompt template, '{}' marks the text (e.g. '{} is:'); default: the saved folder's")
     _flag(p, "max_length", type=int, help="tokens per text (default: the saved folder's, else 512)")
+    _flag(p, "num_layers", type=int,
+          help="keep the first N decoder layers and pool after them, skipping the compute of the rest "
+               "(default: the saved folder's, else all)")
     _flag(p, "device", help="auto (a CUDA GPU when there is one; default) | cpu | cuda | cuda:N")
     _flag(p, "quantize", choices=QUANTIZATIONS, help="int8: dynamic int8 linear layers for CPU inference (fp32)")
     _switch(p, "trust_remote_code", "allow the model's own Python code (MiniCPM-2B loads natively without it)")

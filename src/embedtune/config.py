@@ -44,6 +44,9 @@ class ModelConfig:
     pooling: str | None = None  # None: eos for decoder LMs, mean for encoders
     prompt: str | None = None  # e.g. '{} is:' (paper Table 6); '{}' marks where the text goes
     max_length: int | None = None  # None: the saved embedder folder's length, else DEFAULT_MAX_LENGTH
+    # Keep the first N decoder layers and pool after them: the layers above are dropped, so training and encoding
+    # skip their compute. None: the saved folder's count, else every layer.
+    num_layers: int | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False  # pickled weights (pytorch_model.bin, .pt) can run code when loaded: refused unless set
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
@@ -214,6 +217,7 @@ class Config:
             (self.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.eval.batch_size}"),
             (m.pooling is None or m.pooling in POOLINGS, f"model.pooling must be one of {', '.join(POOLINGS)}"),
             (m.max_length is None or m.max_length >= 2, f"model.max_length must be >= 2, got {m.max_length}"),
+            (m.num_layers is None or m.num_layers >= 1, f"model.num_layers must be >= 1, got {m.num_layers}"),
             (m.quantize is None or m.quantize in QUANTIZATIONS,
              f"model.quantize must be one of {', '.join(QUANTIZATIONS)}, got '{m.quantize}'"),
             (is_device(m.device), f"model.device must be one of {', '.join(DEVICES)} or cuda:N, got '{m.device}'"),

@@ -29,6 +29,7 @@ def export_info(embedder: Embedder, model: ModelConfig, *, merged: bool) -> dict
         "pooling": embedder.pooling,
         "prompt": embedder.prompt or "",
         "max_length": embedder.max_length,
+        "num_layers": embedder.num_layers,  # the decoder layers it runs: an adapter needs its base cut to them
         # In a merged folder the tokenizer adds EOS and prompt itself; an adapter leaves both to embedtune.
         "eos_appended": embedder.eos_id is not None if merged else None,
         "prompt_in_tokenizer": bool(embedder.prompt) if merged else False,

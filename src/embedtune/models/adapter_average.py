@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from embedtune.errors import ModelError
-from embedtune.files import write_folder_atomically
+from embedtune.files import read_json_or, write_folder_atomically
+from embedtune.models.loading import EXPORT_INFO_FILE, adapter_settings
 from embedtune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, require_adapter
 
 SOURCES = "averaged_from.json"
@@ -42,7 +43,18 @@ def average_adapters(adapters: Sequence[str | Path], out: str | Path,
             mean = sum(s[key].float() * w for s, w in zip(states, weights, strict=True))
             averaged[key] = mean.to(states[0][key].dtype)
     sources = [{"adapter": str(a), "weight": w} for a, w in zip(adapters, weights, strict=True)]
-    return _write(Path(out), _averaged_config(configs), averaged, sources)
+    return _write(Path(out), _averaged_config(configs), averaged, sources, _shared_settings(adapters))
+
+
+def _shared_settings(adapters: Sequence[str | Path]) -> dict:
+    """The settings file the adapters were saved with (pooling, prompt, layers: embedtune_export.json), carried
+    over so that the average loads as they do; adapters saved with different settings do not average."""
+    settings = [adapter_settings(a) for a in adapters]
+    for adapter, found in zip(adapters[1:], settings[1:], strict=True):
+        if found != settings[0]:
+            raise ModelError(f"{adapter} was trained with other settings than {adapters[0]} ({found} against "
+                             f"{settings[0]}): only adapters of the same embedder can be averaged")
+    return read_json_or(Path(adapters[0]) / EXPORT_INFO_FILE)
 
 
 def _normalised(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -111,13 +123,15 @@ def _averaged_config(configs: list[dict]) -> dict:
     return config
 
 
-def _write(out: Path, config: dict, weights: dict[str, torch.Tensor], sources: list[dict]) -> Path:
+def _write(out: Path, config: dict, weights: dict[str, torch.Tensor], sources: list[dict], settings: dict) -> Path:
     """The whole folder or nothing: a crash leaves no adapter_config.json beside half the weights."""
     from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / ADAPTER_WEIGHTS))
         (folder / SOURCES).write_text(json.dumps(sources, indent=2) + "\n", encoding="utf-8")
+        if settings:
+            (folder / EXPORT_INFO_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     return write_folder_atomically(out, write, "averaged adapter")

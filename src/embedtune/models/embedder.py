@@ -25,6 +25,8 @@ from embedtune.models.loading import (
     DEFAULT_MODEL,
     adapter_settings,
     check_adapter_weights,
+    decoder_layers,
+    keep_first_layers,
     load_base_model,
     load_tokenizer,
     resolve_model,
@@ -80,10 +82,12 @@ class Embedder:
         backend: Backend | None = None,
         quantize: str | None = None,
         allow_pickle: bool = False,
+        num_layers: int | None = None,
     ):
-        """`pooling`, `prompt` and `max_length` left as None take the values saved in an exported folder
-        (embedtune or sentence-transformers), else the model's defaults. Pickled weights (model or adapter) are
-        refused unless `allow_pickle` (models/loading.py)."""
+        """`pooling`, `prompt`, `max_length` and `num_layers` left as None take the values saved in an exported
+        folder (embedtune or sentence-transformers), else the model's defaults. `num_layers` keeps the first N
+        decoder layers (models/loading.keep_first_layers). Pickled weights (model or adapter) are refused unless
+        `allow_pickle` (models/loading.py)."""
         self.backend = backend or Backend.for_device(device, precision)
         self.device, self.dtype = self.backend.device, self.backend.dtype
         saved: dict = {}
@@ -100,6 +104,9 @@ class Embedder:
             # Loaded straight in the working dtype: an fp32 copy first would double the load-time peak.
             self.model = load_base_model(source, trust_remote_code, dtype=self.dtype, allow_pickle=allow_pickle)
         self.tokenizer = tokenizer
+        num_layers = num_layers or saved.get("num_layers")
+        if num_layers:  # before the adapter: an adapter trained on N layers has weights for those only
+            keep_first_layers(self.model, num_layers, self.name)
         if adapter:
             check_adapter_weights(adapter, allow_pickle)
             self.model = _attach_adapter(self.model, adapter)
@@ -146,7 +153,7 @@ class Embedder:
         return cls(config.name, adapter=config.adapter if adapter is None else adapter, pooling=config.pooling,
                    prompt=config.prompt, max_length=config.max_length, trust_remote_code=config.trust_remote_code,
                    backend=backend or Backend.for_device(config.device, precision), quantize=config.quantize,
-                   allow_pickle=config.allow_pickle)
+                   allow_pickle=config.allow_pickle, num_layers=config.num_layers)
 
     # ---- tokens -------------------------------------------------------------------------------------
     def apply_prompt(self, text: str) -> str:
@@ -329,6 +336,12 @@ class Embedder:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def num_layers(self) -> int | None:
+        """Decoder layers the model runs (after num_layers dropped the rest); None where it has no layer list."""
+        layers = decoder_layers(_unwrapped(self.model))
+        return len(layers) if layers is not None else None
+
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -358,6 +371,11 @@ def _pad_id(tokenizer) -> int:
         if candidate is not None:
             return int(candidate)
     return 0
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer inside a peft wrapper (training), else the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:

@@ -163,6 +163,9 @@ def _export_info_settings(export_info: dict) -> dict:
         settings["prompt"] = export_info["prompt"]
     if _is_length(export_info.get("max_length")):
         settings["max_length"] = export_info["max_length"]
+    layers = export_info.get("num_layers")
+    if isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1:
+        settings["num_layers"] = layers
     return settings
 
 
@@ -335,6 +338,28 @@ def load_base_model(source: ModelSource, trust_remote_code: bool = False, dtype:
     except Exception as err:
         raise ModelError(_load_failure(source, err, trust_remote_code, allow_pickle)) from None
     return model.eval()
+
+
+def keep_first_layers(model: torch.nn.Module, n: int, name: str) -> None:
+    """Drop the decoder layers above the first `n`: the model's output is then the hidden state after layer n
+    (through the final norm), and neither encoding nor training computes the layers dropped."""
+    layers = decoder_layers(model)
+    if layers is None:
+        raise ModelError(f"{name}: num_layers needs a decoder with a list of layers ({type(model).__name__} has none)")
+    if n > len(layers):
+        raise ModelError(f"{name} has {len(layers)} layers: cannot keep {n}")
+    if n == len(layers):
+        return
+    model.layers = layers[:n]
+    model.config.num_hidden_layers = n
+    if isinstance(getattr(model.config, "layer_types", None), list):  # per-layer attention kinds (Gemma 3)
+        model.config.layer_types = model.config.layer_types[:n]
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The decoder's layer list (Llama, Gemma, Phi, Qwen, MiniCPM keep it in `.layers`); None for others."""
+    layers = getattr(model, "layers", None)
+    return layers if isinstance(layers, torch.nn.ModuleList) else None
 
 
 def _is_converted_gguf(location: str) -> bool:

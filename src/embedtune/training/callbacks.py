@@ -19,6 +19,7 @@ class TrainState:
     loss_fn: Any
     optimizer: Any
     best: dict = field(default_factory=lambda: {"step": None, "score": None})
+    adapter_settings: dict | None = None  # written beside each saved adapter (export/metadata.export_info)
 
 
 class Callback:

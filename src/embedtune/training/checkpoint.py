@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embedtune.export.metadata import write_export_info
 from embedtune.files import TEMP_TAG, remove_temporaries, write_folder_atomically
 from embedtune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
@@ -52,10 +53,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_adapter_atomically(model, target: Path, kind: str | None = None,
-                            weights: dict[str, torch.Tensor] | None = None) -> Path:
+                            weights: dict[str, torch.Tensor] | None = None, settings: dict | None = None) -> Path:
     """Write a peft adapter folder under a temporary name, then rename it into place. `weights`: the full
-    model state where an engine (FSDP, ZeRO-3) shards it, gathered by the caller; peft keeps the adapter's."""
-    return write_folder_atomically(target, lambda folder: model.save_pretrained(folder, state_dict=weights), kind)
+    model state where an engine (FSDP, ZeRO-3) shards it, gathered by the caller; peft keeps the adapter's.
+    `settings` (the embedder's pooling, prompt, max length, layers) go beside it in embedtune_export.json, so
+    that loading the adapter onto its base gets them back: a saved folder is its own config."""
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, state_dict=weights)
+        if settings is not None:
+            write_export_info(folder, settings)
+
+    return write_folder_atomically(target, write, kind)
 
 
 def save_checkpoint(output_dir: Path, step: int, model, state: dict[str, Any], keep: int,

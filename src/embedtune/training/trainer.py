@@ -26,6 +26,7 @@ from embedtune.errors import StorageError, TrainingError, TrainingStopped
 from embedtune.evaluation.diagnostics import warn_if_anisotropic
 from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
+from embedtune.export.metadata import export_info
 from embedtune.files import fault, recover_folder, write_text_atomically
 from embedtune.losses import CachedInfoNCELoss, build_loss
 from embedtune.models.backend import Backend
@@ -104,7 +105,7 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
         loss_fn.chunk_sync = engine.no_sync
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     state = TrainState(out, 0, total_steps(len(data), t.batch_size, t.epochs, t.max_steps), t.eval_steps, embedder,
-                       loss_fn, engine.optimizer)
+                       loss_fn, engine.optimizer, adapter_settings=export_info(embedder, config.model, merged=False))
     scheduler = warmup_then_decay(optimizer, t.warmup_ratio, lambda: state.total_steps, t.schedule)
     guard = LossGuard(t.on_bad_loss, t.max_bad_steps, t.spike_factor)
     flops_per_token = 4 * non_embedding_parameters(embedder.model)  # LoRA: forward 2N + input-grad backward 2N
@@ -186,7 +187,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     weights = engine.adapter_state()
     if ranks.is_main:
         with storage_hint(out, state):
-            final = ckpt.save_adapter_atomically(embedder.model, out / "final", "final", weights)
+            final = ckpt.save_adapter_atomically(embedder.model, out / "final", "final", weights,
+                                                 state.adapter_settings)
             write_text_atomically(out / "best.json", json.dumps(state.best) + "\n")
         plot_training(out / METRICS, out)
     final = out / "final"
@@ -272,7 +274,8 @@ def evaluate_dev(evaluator: STSEvaluator, state: TrainState, metrics: MetricsLog
     say(f"step {state.step}: STSBenchmark dev Spearman {score:.2f}")
     if state.best["score"] is None or score > state.best["score"]:
         state.best = {"step": state.step, "score": score}
-        ckpt.save_adapter_atomically(state.embedder.model, state.output_dir / "best", "best")
+        ckpt.save_adapter_atomically(state.embedder.model, state.output_dir / "best", "best",
+                                     settings=state.adapter_settings)
     for callback in callbacks:
         callback.on_evaluate(state, event)
 
