@@ -141,3 +141,12 @@ def test_cosent_needs_hard_negatives_and_reaches_the_config_from_its_flag():
         Config.from_dict({"train": {"cosent": 1.0, "hard_negatives": False}}).validate()
     args = build_parser().parse_args(["train", "--output-dir", "o", "--cosent", "0.5"])
     assert config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS).validate().train.cosent == 0.5
+
+
+@pytest.mark.parametrize("command", ["eval", "train", "export", "encode", "serve"])
+def test_num_layers_reaches_the_config_from_every_command_that_loads_a_model(command):
+    required = {"train": ["--output-dir", "o"], "export": ["--out", "o"], "encode": ["--input", "i", "--output", "o"]}
+    args = build_parser().parse_args([command, "--num-layers", "14", *required.get(command, [])])
+    assert config_from_args(args, MODEL_FLAGS).validate().model.num_layers == 14
+    with pytest.raises(ConfigError, match="model.num_layers must be >= 1, got 0"):
+        Config.from_dict({"model": {"num_layers": 0}}).validate()
