@@ -100,7 +100,7 @@ def test_exports_carry_the_layers(cut_run, tiny_model_dir, tmp_path):
     np.testing.assert_allclose(reloaded.encode(TEXTS), expected, atol=1e-5)
 
 
-def test_averaging_carries_the_settings_and_refuses_adapters_saved_with_others(cut_run, tmp_path):
+def test_averaging_carries_the_recorded_settings_and_refuses_adapters_saved_with_others(cut_run, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     for path in (cut_run / "final").iterdir():
@@ -108,6 +108,9 @@ def test_averaging_carries_the_settings_and_refuses_adapters_saved_with_others(c
     averaged = average_adapters([cut_run / "final", other], tmp_path / "averaged")
     assert json.loads((averaged / EXPORT_INFO_FILE).read_text())["num_layers"] == 1
     info = json.loads((other / EXPORT_INFO_FILE).read_text())
+    (other / EXPORT_INFO_FILE).unlink()  # saved by peft alone: it records nothing, and does not object
+    averaged = average_adapters([other, cut_run / "final"], tmp_path / "averaged-with-one-silent")
+    assert json.loads((averaged / EXPORT_INFO_FILE).read_text())["num_layers"] == 1
     (other / EXPORT_INFO_FILE).write_text(json.dumps(info | {"prompt": "{} is:"}))
     with pytest.raises(ModelError, match="was trained with other settings than"):
         average_adapters([cut_run / "final", other], tmp_path / "refused")

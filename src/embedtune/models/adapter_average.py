@@ -48,13 +48,14 @@ def average_adapters(adapters: Sequence[str | Path], out: str | Path,
 
 def _shared_settings(adapters: Sequence[str | Path]) -> dict:
     """The settings file the adapters were saved with (pooling, prompt, layers: embedtune_export.json), carried
-    over so that the average loads as they do; adapters saved with different settings do not average."""
-    settings = [adapter_settings(a) for a in adapters]
-    for adapter, found in zip(adapters[1:], settings[1:], strict=True):
-        if found != settings[0]:
-            raise ModelError(f"{adapter} was trained with other settings than {adapters[0]} ({found} against "
-                             f"{settings[0]}): only adapters of the same embedder can be averaged")
-    return read_json_or(Path(adapters[0]) / EXPORT_INFO_FILE)
+    over so that the average loads as they do. Adapters that record none (saved by peft alone) do not object;
+    adapters that record different settings do not average."""
+    recorded = [(a, found) for a in adapters if (found := adapter_settings(a))]
+    for adapter, found in recorded[1:]:
+        if found != recorded[0][1]:
+            raise ModelError(f"{adapter} was trained with other settings than {recorded[0][0]} ({found} against "
+                             f"{recorded[0][1]}): only adapters of the same embedder can be averaged")
+    return read_json_or(Path(recorded[0][0]) / EXPORT_INFO_FILE) if recorded else {}
 
 
 def _normalised(weights: Sequence[float] | None, n: int) -> list[float]:
