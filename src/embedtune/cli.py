@@ -25,10 +25,9 @@ from embedtune.config import (
 from embedtune.errors import EmbedtuneError, TrainingStopped
 
 # flag -> (section, field); the flag's value is coerced and checked by Config like a YAML value.
-MODEL_FLAGS = {name: ("model", name) for name in (
+MODEL_FLAGS = {"model": ("model", "name")} | {name: ("model", name) for name in (
     "adapter", "pooling", "prompt", "max_length", "num_layers", "trust_remote_code", "device", "quantize",
     "allow_pickle")}
-MODEL_FLAGS["model"] = ("model", "name")
 DATA_FLAGS = {"data_dir": ("data", "data_dir"), "train_file": ("data", "train_files"),
               "anchor_column": ("data", "anchor_column"), "positive_column": ("data", "positive_column"),
               "negative_column": ("data", "negative_column"), "decontaminate": ("data", "decontaminate"),
