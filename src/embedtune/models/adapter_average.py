@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from embedtune.errors import ModelError
-from embedtune.files import read_json_or, write_folder_atomically
+from embedtune.files import write_folder_atomically
 from embedtune.models.loading import EXPORT_INFO_FILE, adapter_settings
 from embedtune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, require_adapter
 
@@ -43,19 +44,19 @@ def average_adapters(adapters: Sequence[str | Path], out: str | Path,
             mean = sum(s[key].float() * w for s, w in zip(states, weights, strict=True))
             averaged[key] = mean.to(states[0][key].dtype)
     sources = [{"adapter": str(a), "weight": w} for a, w in zip(adapters, weights, strict=True)]
-    return _write(Path(out), _averaged_config(configs), averaged, sources, _shared_settings(adapters))
+    return _write(Path(out), _averaged_config(configs), averaged, sources, _shared_settings_file(adapters))
 
 
-def _shared_settings(adapters: Sequence[str | Path]) -> dict:
-    """The settings file the adapters were saved with (pooling, prompt, layers: embedtune_export.json), carried
-    over so that the average loads as they do. Adapters that record none (saved by peft alone) do not object;
-    adapters that record different settings do not average."""
+def _shared_settings_file(adapters: Sequence[str | Path]) -> Path | None:
+    """The settings file the adapters were saved with (pooling, prompt, layers: embedtune_export.json), to copy
+    beside the average so that it loads as they do. Adapters that record none (saved by peft alone) do not
+    object; adapters that record different settings do not average."""
     recorded = [(a, found) for a in adapters if (found := adapter_settings(a))]
     for adapter, found in recorded[1:]:
         if found != recorded[0][1]:
             raise ModelError(f"{adapter} was trained with other settings than {recorded[0][0]} ({found} against "
                              f"{recorded[0][1]}): only adapters of the same embedder can be averaged")
-    return read_json_or(Path(recorded[0][0]) / EXPORT_INFO_FILE) if recorded else {}
+    return Path(recorded[0][0]) / EXPORT_INFO_FILE if recorded else None
 
 
 def _normalised(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -124,15 +125,16 @@ def _averaged_config(configs: list[dict]) -> dict:
     return config
 
 
-def _write(out: Path, config: dict, weights: dict[str, torch.Tensor], sources: list[dict], settings: dict) -> Path:
+def _write(out: Path, config: dict, weights: dict[str, torch.Tensor], sources: list[dict],
+           settings_file: Path | None) -> Path:
     """The whole folder or nothing: a crash leaves no adapter_config.json beside half the weights."""
     from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / ADAPTER_WEIGHTS))
         (folder / SOURCES).write_text(json.dumps(sources, indent=2) + "\n", encoding="utf-8")
-        if settings:
-            (folder / EXPORT_INFO_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        if settings_file is not None:
+            shutil.copyfile(settings_file, folder / EXPORT_INFO_FILE)
         (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     return write_folder_atomically(out, write, "averaged adapter")
