@@ -163,9 +163,8 @@ def _export_info_settings(export_info: dict) -> dict:
         settings["prompt"] = export_info["prompt"]
     if _is_length(export_info.get("max_length")):
         settings["max_length"] = export_info["max_length"]
-    layers = export_info.get("num_layers")
-    if isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1:
-        settings["num_layers"] = layers
+    if _is_count(export_info.get("num_layers"), at_least=1):
+        settings["num_layers"] = export_info["num_layers"]
     return settings
 
 
@@ -205,7 +204,12 @@ def _st_pooling(config: dict) -> str | None:
 
 
 def _is_length(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 2
+    return _is_count(value, at_least=2)
+
+
+def _is_count(value, at_least: int) -> bool:
+    """A whole number (not a bool, not a float) of at least `at_least`: what a saved length or layer count is."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
 
 
 def gguf_architecture(path: Path) -> str:
