@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from embedtune.config import DEFAULT_MAX_LENGTH, POOLINGS, ModelConfig
 from embedtune.errors import ConfigError, ModelError
@@ -34,6 +33,7 @@ from embedtune.models.loading import (
 )
 from embedtune.models.lora import load_adapter
 from embedtune.models.packing import Packing, can_pack, pack, packed_attention
+from embedtune.progress import progress_bar
 
 log = logging.getLogger(__name__)
 # Bidirectional encoders pool over all tokens; everything else is treated as a decoder LM (EOS pooling).
@@ -323,7 +323,7 @@ class Embedder:
         batches = length_sorted_batches([len(x) for x in ids], batch_size, max_tokens)
         # Count tokens, not texts: batches go longest first, so a per-text ETA would be far too pessimistic.
         try:
-            with tqdm(total=sum(map(len, ids)), unit="tok", unit_scale=True, desc=desc,
+            with progress_bar(total=sum(map(len, ids)), unit="tok", unit_scale=True, desc=desc,
                       disable=not show_progress) as bar:
                 for chunk in batches:
                     result[chunk] = self.embed_batch(self.pad([ids[i] for i in chunk])).cpu().numpy()

@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from embedtune.config import Config
 from embedtune.data.nli import evaluation_sentences, load_triplets
@@ -33,6 +32,7 @@ from embedtune.models.backend import Backend
 from embedtune.models.embedder import Embedder
 from embedtune.models.loading import check_adapter_weights
 from embedtune.models.lora import prepare_for_training
+from embedtune.progress import progress_bar
 from embedtune.training import checkpoint as ckpt
 from embedtune.training.callbacks import Callback, TrainState
 from embedtune.training.engine import Engine, check_engine_supports
@@ -127,7 +127,7 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
 
     for callback in callbacks:
         callback.on_train_start(state)
-    bar = tqdm(total=state.total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True,
+    bar = progress_bar(total=state.total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True,
                disable=not ranks.is_main)
     # The bar closes however the loop ends, so that an error prints on a line of its own.
     with stop_requests() as signals, embedder.backend.training_attention(embedder.model), storage_hint(out, state), bar:
