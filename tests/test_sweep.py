@@ -2,6 +2,7 @@
 the middle of a run (a real SIGKILL through EMBEDTUNE_FAULT) that the same command then finishes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from embedtune.cli import main
-from embedtune.config import Config
+from embedtune.config import Config, ModelConfig
 from embedtune.errors import ConfigError
 from embedtune.evaluation.html_report import load_sweep
 from embedtune.files import FAULT_ENV
 from embedtune.models.embedder import Embedder
-from embedtune.sweep import parse_grid, plan_runs, split_values
+from embedtune.sweep import Baselines, parse_grid, plan_runs, split_values
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._+,=~-]+")
 
@@ -88,6 +89,18 @@ def test_a_field_given_twice_and_no_grid_are_errors():
         parse_grid(["train.lr=1e-3", "train.lr=2e-3"])
     with pytest.raises(ConfigError, match="give at least one --grid"):
         parse_grid([])
+
+
+def test_baseline_keys_survive_a_new_model_field_at_its_default_and_change_with_any_setting():
+    config = Config()
+    extended = dataclasses.make_dataclass("ExtendedModelConfig", [("future_switch", bool, False)],
+                                          bases=(ModelConfig,))
+    with_new_field = dataclasses.replace(config, model=extended(**dataclasses.asdict(config.model)))
+    assert Baselines.key(with_new_field) == Baselines.key(config)  # base scores filed before the field stay found
+    switched = dataclasses.replace(config, model=extended(**dataclasses.asdict(config.model), future_switch=True))
+    keys = {Baselines.key(c) for c in (config, switched, dataclasses.replace(config, model=dataclasses.replace(
+        config.model, num_layers=14)), dataclasses.replace(config, model=dataclasses.replace(config.model, prompt="{} is:")))}
+    assert len(keys) == 4
 
 
 # ---- sweeps on the tiny model ---------------------------------------------------------------------------------
