@@ -5,7 +5,8 @@ import io
 
 import pytest
 
-from embedtune.progress import LOG_REFRESH_S, progress_bar
+from embedtune import progress
+from embedtune.progress import LOG_REFRESH_S, draws_widgets, progress_bar
 
 
 class Terminal(io.StringIO):
@@ -54,3 +55,18 @@ def test_a_terminal_keeps_the_in_place_redraw(monkeypatch: pytest.MonkeyPatch) -
 
 def test_a_disabled_bar_writes_nothing() -> None:
     assert run_bar(io.StringIO(), disable=True) == ""
+
+
+def test_a_notebook_bar_is_left_to_draw_its_widget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tqdm.auto import tqdm as auto_bar
+    from tqdm import notebook
+    from tqdm.std import tqdm as text_bar
+
+    assert draws_widgets(notebook.tqdm_notebook) and not draws_widgets(auto_bar)  # no notebook in a test run
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+
+    class tqdm_notebook(text_bar):  # what tqdm.auto gives in Jupyter, without needing a kernel
+        pass
+
+    monkeypatch.setattr(progress, "tqdm", tqdm_notebook)
+    assert mininterval(file=io.StringIO()) == 0.1  # neither the log interval nor the line file

@@ -3,7 +3,7 @@
 tqdm redraws its bar with a carriage return ten times a second wherever it writes. In a log file (a sweep, a
 cluster job, `nohup`) that is one endless line of every redraw; off a terminal the bar here writes a plain line
 (with rate and ETA) every `LOG_REFRESH_S` seconds and a last one at the end. tqdm's own `TQDM_MININTERVAL`
-still wins where it is set.
+still wins where it is set. In a notebook, tqdm's widget stays as it is.
 """
 from __future__ import annotations
 
@@ -19,11 +19,17 @@ LOG_REFRESH_S = 30.0  # long enough that an hour's job logs a page, short enough
 def progress_bar(**kwargs: Any) -> tqdm:
     """A tqdm bar (same arguments) that writes one line per refresh, every half minute, when not on a terminal."""
     stream = kwargs.get("file") or sys.stderr
-    if not _is_terminal(stream):
+    if not _is_terminal(stream) and not draws_widgets(tqdm):
         kwargs["file"] = LineLog(stream)
         if "TQDM_MININTERVAL" not in os.environ:
             kwargs.setdefault("mininterval", LOG_REFRESH_S)
     return tqdm(**kwargs)
+
+
+def draws_widgets(bar_class: type) -> bool:
+    """Whether tqdm.auto chose its notebook bar (a widget: it redraws in place, and given a file it would fall
+    back to text)."""
+    return any(c.__name__ == "tqdm_notebook" for c in bar_class.__mro__)
 
 
 def _is_terminal(stream: IO[str]) -> bool:

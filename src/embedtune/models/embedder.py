@@ -324,7 +324,7 @@ class Embedder:
         # Count tokens, not texts: batches go longest first, so a per-text ETA would be far too pessimistic.
         try:
             with progress_bar(total=sum(map(len, ids)), unit="tok", unit_scale=True, desc=desc,
-                      disable=not show_progress) as bar:
+                              disable=not show_progress) as bar:
                 for chunk in batches:
                     result[chunk] = self.embed_batch(self.pad([ids[i] for i in chunk])).cpu().numpy()
                     bar.update(sum(len(ids[i]) for i in chunk))

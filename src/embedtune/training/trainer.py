@@ -127,8 +127,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
 
     for callback in callbacks:
         callback.on_train_start(state)
-    bar = progress_bar(total=state.total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True,
-               disable=not ranks.is_main)
+    bar = progress_bar(total=state.total_steps, initial=state.step, desc="training", unit="step",
+                       dynamic_ncols=True, disable=not ranks.is_main)
     # The bar closes however the loop ends, so that an error prints on a line of its own.
     with stop_requests() as signals, embedder.backend.training_attention(embedder.model), storage_hint(out, state), bar:
         while state.step < state.total_steps:
