@@ -58,8 +58,8 @@ def test_a_disabled_bar_writes_nothing() -> None:
 
 
 def test_a_notebook_bar_is_left_to_draw_its_widget(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tqdm.auto import tqdm as auto_bar
     from tqdm import notebook
+    from tqdm.auto import tqdm as auto_bar
     from tqdm.std import tqdm as text_bar
 
     assert draws_widgets(notebook.tqdm_notebook) and not draws_widgets(auto_bar)  # no notebook in a test run

@@ -98,9 +98,9 @@ def test_baseline_keys_survive_a_new_model_field_at_its_default_and_change_with_
     with_new_field = dataclasses.replace(config, model=extended(**dataclasses.asdict(config.model)))
     assert Baselines.key(with_new_field) == Baselines.key(config)  # base scores filed before the field stay found
     switched = dataclasses.replace(config, model=extended(**dataclasses.asdict(config.model), future_switch=True))
-    keys = {Baselines.key(c) for c in (config, switched, dataclasses.replace(config, model=dataclasses.replace(
-        config.model, num_layers=14)), dataclasses.replace(config, model=dataclasses.replace(config.model, prompt="{} is:")))}
-    assert len(keys) == 4
+    cut, prompted = (dataclasses.replace(config, model=dataclasses.replace(config.model, **change))
+                     for change in ({"num_layers": 14}, {"prompt": "{} is:"}))
+    assert len({Baselines.key(c) for c in (config, switched, cut, prompted)}) == 4
 
 
 # ---- sweeps on the tiny model ---------------------------------------------------------------------------------

@@ -306,8 +306,8 @@ class Baselines:
     def key(config: Config) -> str:
         # Only the model settings that differ from their defaults: a field added in a later version, at a
         # default that keeps the old behaviour, leaves every key (and the scores filed under it) as it was.
-        model = {f.name: getattr(config.model, f.name) for f in fields(config.model)
-                 if getattr(config.model, f.name) != _default(f)}
+        defaults = dataclasses.asdict(type(config.model)())
+        model = {k: v for k, v in dataclasses.asdict(config.model).items() if v != defaults[k]}
         setting = {"model": model, "data_dir": config.data.data_dir,
                    "eval": {k: getattr(config.eval, k) for k in ("tasks", "precision", "batch_size")}}
         return hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:12]
@@ -332,10 +332,6 @@ class Baselines:
         finally:
             gc.collect()
         return result
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 # ---- running --------------------------------------------------------------------------------------------------
