@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from embedtune.cli import main
 from embedtune.config import Config, ModelConfig
@@ -19,7 +20,7 @@ from embedtune.errors import ConfigError
 from embedtune.evaluation.html_report import load_sweep
 from embedtune.files import FAULT_ENV
 from embedtune.models.embedder import Embedder
-from embedtune.sweep import Baselines, parse_grid, plan_runs, split_values
+from embedtune.sweep import Baselines, parse_grid, parse_zip, plan_runs, split_values
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._+,=~-]+")
 
@@ -79,6 +80,38 @@ def test_a_bad_grid_fails_in_one_line_before_any_model_loads(spec, message, tmp_
 
     monkeypatch.setattr(Embedder, "from_config", no_model)
     assert main(["sweep", "--output-dir", str(tmp_path / "o"), "--grid", spec]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_zipped_fields_move_together_and_cross_the_grid():
+    axes = parse_grid(["lora.r=8,16"])
+    zipped = parse_zip(["train.seed=1,2,42", "train.cosent=0,0.3,0.3"], axes)  # 0.3 twice: allowed when zipped
+    runs = plan_runs(Config(), axes, Path("/s"), zipped)
+    assert [(r.config.train.seed, r.config.train.cosent, r.config.lora.r) for r in runs] == [
+        (1, 0.0, 8), (1, 0.0, 16), (2, 0.3, 8), (2, 0.3, 16), (42, 0.3, 8), (42, 0.3, 16)]
+    assert [r.name for r in runs[:3]] == ["seed=1,cosent=0,r=8", "seed=1,cosent=0,r=16", "seed=2,cosent=0.3,r=8"]
+    assert runs[2].overrides == {"train.seed": "2", "train.cosent": "0.3", "lora.r": "8"}
+    assert [r.name for r in plan_runs(Config(), [], Path("/s"), zipped)] == [
+        "seed=1,cosent=0", "seed=2,cosent=0.3", "seed=42,cosent=0.3"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--zip", "train.seed=1,2", "--zip", "train.cosent=0"],
+     "--zip train.cosent: 1 values, but --zip train.seed has 2 (zipped fields list one value per point)"),
+    (["--zip", "train.seed=1,1"], "--zip: points 1 and 2 are the same (1)"),
+    (["--zip", "train.seed=1,2", "--zip", "train.lr=1e-3,2e-3,3e-3"], "--zip train.lr: 3 values, but"),
+    (["--grid", "train.seed=1,2", "--zip", "train.seed=3,4"], "--zip train.seed: given twice"),
+    ([], "sweep: give at least one --grid SECTION.FIELD=V1,V2,... (e.g. --grid train.lr=5e-4,5e-5) or --zip"),
+    (["--grid", "model.prompt=,{} is:", "--average-adapters"],
+     "--average-adapters: runs prompt=~da39a3 and prompt=is~947168 differ in model.prompt; only adapters of one "
+     "embedder"),
+    (["--grid", "lora.targets=attention,all-linear", "--average-adapters"], "differ in lora.targets"),
+])
+def test_a_bad_zip_or_average_fails_in_one_line_before_any_model_loads(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Embedder, "from_config", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["sweep", "--output-dir", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
@@ -185,6 +218,66 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on_then_a_rerun_retries_onl
     assert main(args) == 1  # the failed run is tried again (and fails again); the finished one is skipped
     assert (out / "runs" / done["name"] / "report.json").stat().st_mtime_ns == finished_at
     assert json.loads((out / "report.json").read_text())["counts"] == report["counts"]
+
+
+def test_averaged_adapters_are_the_mean_update_of_the_runs_scored_beside_them_and_kept_on_a_rerun(
+        tiny_model_dir, tiny_data_dir, tmp_path, eval_config, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "sweep"
+    args = sweep_args(tiny_model_dir, tiny_data_dir, out, eval_config, "lora.r=2,4")
+    args += ["--zip", "train.seed=1,2", "--zip", "train.lr=1e-3,3e-3", "--average-adapters"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    names = ["seed=1,lr=1e-3,r=2", "seed=1,lr=1e-3,r=4", "seed=2,lr=3e-3,r=2", "seed=2,lr=3e-3,r=4"]
+    assert [r["name"] for r in report["runs"]] == names and report["counts"]["done"] == 4
+    averaged = report["averaged"]
+    tuned = json.loads((out / "averaged" / "tuned.json").read_text())
+    assert (averaged["status"], averaged["average"], averaged["averaged_from"]) == ("done", tuned["average"], names)
+    assert averaged["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in report["runs"]))
+    assert report["best"] in names  # the average is shown beside the runs, not ranked among them
+
+    # The averaged adapter's update of a module is the mean of the runs' updates (ranks 2, 4, 2, 4 stacked: 12).
+    def update(folder: Path, module: str) -> torch.Tensor:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        weights = load_file(folder / "adapter_model.safetensors")
+        a, b = (weights[f"{module}.lora_{x}.weight"].float() for x in "AB")
+        return b @ a * config["lora_alpha"] / config["r"]
+
+    module = next(k for k in load_file(out / "averaged" / "adapter" / "adapter_model.safetensors")
+                  if k.endswith("lora_A.weight")).removesuffix(".lora_A.weight")
+    finals = [out / "runs" / name / "final" for name in names]
+    mean = sum(update(f, module) for f in finals) / 4
+    assert torch.allclose(update(out / "averaged" / "adapter", module), mean, atol=1e-6)
+    assert mean.abs().max() > 0
+
+    markdown = (out / "report.md").read_text()
+    assert f"| averaged (4 runs) | done | {tuned['tasks']['sts12']['spearman']:.2f} |" in markdown
+    page = (out / "report.html").read_text()
+    assert page.count("<section class=run ") == 5 and "The adapters of 4 runs averaged" in page
+    assert "zipped: the i-th values" in page
+    assert f"averaged adapters: {tuned['average']:.2f}" in capsys.readouterr().out
+
+    made_at = (out / "averaged" / "report.json").stat().st_mtime_ns
+    assert main(args) == 0  # nothing to train: the runs and their average stay as they were
+    assert (out / "averaged" / "report.json").stat().st_mtime_ns == made_at
+    (out / "runs" / names[3] / "report.json").unlink()  # that run is redone, so the average is made again
+    assert main(args) == 0
+    assert (out / "averaged" / "report.json").stat().st_mtime_ns != made_at
+    assert json.loads((out / "report.json").read_text())["averaged"]["status"] == "done"
+
+
+def test_an_average_waits_for_every_run(tiny_model_dir, tiny_data_dir, tmp_path, eval_config, capsys):
+    out = tmp_path / "sweep"
+    args = sweep_args(tiny_model_dir, tiny_data_dir, out, eval_config, "data.max_train_samples=1,64") + [
+        "--average-adapters"]
+    assert main(args) == 1  # the first run fails (too little data): no average of the one that finished
+    averaged = json.loads((out / "report.json").read_text())["averaged"]
+    assert (averaged["status"], averaged["average"]) == ("skipped", None)
+    assert averaged["error"] == "not every run finished (max_train_samples=1)"
+    assert not (out / "averaged" / "report.json").exists()
+    assert "No averaged adapter: skipped, not every run finished" in (out / "report.md").read_text()
+    assert "averaged adapters: skipped" in capsys.readouterr().out
 
 
 # ---- killed in the middle of a run, then the same command -----------------------------------------------------

@@ -93,12 +93,15 @@ def run(config: Config) -> dict:
     return run_experiment(config.validate())
 
 
-def sweep(config: Config, grid: Sequence[str]) -> dict:
+def sweep(config: Config, grid: Sequence[str], *, zipped: Sequence[str] = (), average_adapters: bool = False) -> dict:
     """`run` once per combination of the grid's values (`["train.lr=5e-4,5e-5", "model.prompt=,'{} is:'"]`) in
-    OUTPUT/runs/NAME, the base model scored once, and one report; re-running continues where it stopped."""
+    OUTPUT/runs/NAME, the base model scored once, and one report; re-running continues where it stopped.
+
+    `zipped`: fields whose values move together (`["train.seed=1,2", "train.cosent=0,0.3"]`: two points), crossed
+    with the grid. `average_adapters`: the runs' adapters averaged into OUTPUT/averaged/adapter and scored."""
     from embedtune.sweep import run_sweep
 
-    return run_sweep(config.validate(), grid)
+    return run_sweep(config.validate(), grid, zipped, average_adapters)
 
 
 def report(dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:

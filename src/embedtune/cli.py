@@ -183,9 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="`run` over a grid of config values, the base model scored once; one report")
     _add_train_flags(p)
     _add_run_flags(p)
-    p.add_argument("--grid", action="append", required=True, metavar="SECTION.FIELD=V1,V2,...",
+    p.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2,...",
                    help="values of one config field to sweep, e.g. train.lr=5e-3,5e-4 or model.prompt=,'{} is:' "
                         "(repeat for more fields: every combination runs; quote a value that holds a comma)")
+    p.add_argument("--zip", action="append", default=[], metavar="SECTION.FIELD=V1,V2,...",
+                   help="fields whose values move together: the i-th values of every --zip make one point (e.g. "
+                        "--zip train.seed=1,2,42 --zip train.cosent=0,0.3,0.3: three runs), crossed with the --grid")
+    p.add_argument("--average-adapters", action="store_true",
+                   help="when every run has finished, average their adapters into OUTPUT/averaged/adapter (one "
+                        "embedder: the runs must share the model settings and LoRA targets) and score it beside them")
 
     p = sub.add_parser("report", help="one self-contained HTML page for run and sweep folders")
     p.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="folders written by `run` or `sweep`")
@@ -274,10 +280,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from embedtune.api import sweep
 
-    summary = sweep(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS | RUN_FLAGS), args.grid)
+    summary = sweep(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS | RUN_FLAGS), args.grid,
+                    zipped=args.zip, average_adapters=args.average_adapters)
     counts = ", ".join(f"{n} {status}" for status, n in summary["counts"].items() if n)
+    averaged = summary["averaged"]
+    if averaged and averaged["status"] == "done":
+        counts += f"; averaged adapters: {averaged['average']:.2f}"
+    elif averaged:
+        counts += f"; averaged adapters: {averaged['status']}"
     print(f"sweep: {counts}; best: {summary['best']}; report: {summary['paths']['report.html']}")
-    return 1 if summary["counts"]["failed"] else 0
+    return 1 if summary["counts"]["failed"] or (averaged and averaged["status"] == "failed") else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -212,7 +212,8 @@ def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path,
     return text
 
 
-def evaluate_base(config: Config, evaluator: STSEvaluator) -> dict:
-    """The base model's scores as `run` computes them, for a caller that scores it once for several runs."""
-    return evaluator(Embedder.from_config(config.model,
-                                          backend=Backend.for_launch(config.model.device, config.eval.precision)))
+def evaluate_model(config: Config, evaluator: STSEvaluator, adapter: str | Path | None = None) -> dict:
+    """The scores of the base model, or of base + `adapter`, as `run` computes them: for a caller that scores the
+    base model once for several runs, or an adapter made outside a run (a sweep's averaged adapters)."""
+    backend = Backend.for_launch(config.model.device, config.eval.precision)
+    return evaluator(Embedder.from_config(config.model, adapter=str(adapter) if adapter else None, backend=backend))

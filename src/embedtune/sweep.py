@@ -6,7 +6,10 @@ The flags and the YAML file set the base config; each `--grid SECTION.FIELD=V1,V
 sweep runs every combination, one after another (one per GPU at a time where several are visible). A value is
 read as the same flag would be (Config coerces and checks it); a quoted value ('...' or "...") is a YAML string
 and a bracketed one ([a, b]) a YAML list, so a comma inside quotes or brackets does not split; an empty value is
-the empty string and `null` (or `~`) is None.
+the empty string and `null` (or `~`) is None. Fields given with `--zip` instead move together: the i-th values of
+every `--zip` make one point (`--zip train.seed=1,2,42 --zip train.cosent=0,0.3,0.3`: three runs), and those points
+are one more axis of the grid. With `--average-adapters` the runs' adapters, once all have finished, are averaged
+into one (`embedtune average-adapters`) and scored beside them.
 
 OUTPUT/ holds:
   sweep.json            the grid and each run's state (pending, running, done, failed, with its error), written
@@ -15,13 +18,16 @@ OUTPUT/ holds:
                         (each run's base.json is a copy)
   runs/NAME/            an `embedtune run` folder per grid point; NAME is made of the grid values (stable,
                         file-system safe, e.g. `lr=5e-3,prompt=is~1a2b3c`)
+  averaged/             with --average-adapters: adapter/ (the averaged adapter), tuned.json, report.json (its
+                        scores, the runs it averages, their training time summed), report.html
   report.md, report.json, report.html, dev_curves.png, averages.png
                         the sweep's report: removed when a sweep starts, written when it ends
 
 Re-running the same command skips runs whose report.json exists (a run writes it last), resumes an interrupted one
 from its newest checkpoint, retries failed ones and runs the rest (so `--resume` is implied); a run whose folder
-was made with other settings starts afresh there. A failed run is recorded with its error (traceback in
-runs/NAME/error.txt) and the sweep goes on; `embedtune sweep` then exits with status 1.
+was made with other settings starts afresh there; the average is kept while its runs stay as they were. A failed
+run is recorded with its error (traceback in runs/NAME/error.txt) and the sweep goes on; `embedtune sweep` then
+exits with status 1 (as when the average fails).
 """
 from __future__ import annotations
 
@@ -50,26 +56,32 @@ from embedtune.data.sts import resolve_tasks
 from embedtune.distributed import launched_ranks
 from embedtune.errors import ConfigError, TrainingStopped
 from embedtune.evaluation.html_report import (
+    AVERAGED_DIR,
+    ENVIRONMENT_FILE,
     REPORT_HTML,
     SWEEP_FILE,
     RunView,
     averages_png,
+    bar_kind,
     baselines,
     best_run,
     dev_curves_png,
+    load_run,
     load_sweep,
     render_html,
     task_columns,
     task_score,
+    write_run_page,
 )
 from embedtune.evaluation.report import DISPLAY_NAMES
 from embedtune.evaluation.sts import STSEvaluator
-from embedtune.experiment import RESULT_FILES, complete_result, evaluate_base, run_experiment, write_result
+from embedtune.experiment import RESULT_FILES, complete_result, evaluate_model, run_experiment, write_result
 from embedtune.files import read_json_or, write_file_atomically, write_text_atomically
 
 log = logging.getLogger(__name__)
 
 RUNS_DIR, BASELINES_DIR, ERROR_FILE = "runs", "baselines", "error.txt"
+AVERAGE_RESULTS = ("report.json", "tuned.json", "tuned.md", REPORT_HTML, ENVIRONMENT_FILE)
 SWEEP_RESULTS = ("report.json", "report.md", REPORT_HTML, "dev_curves.png", "averages.png")
 # Fields a sweep sets itself, for every run.
 NOT_SWEPT = {"train.output_dir": "each run's folder is OUTPUT/runs/NAME",
@@ -105,36 +117,60 @@ def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
         raise ConfigError("sweep: give at least one --grid SECTION.FIELD=V1,V2,... (e.g. --grid train.lr=5e-4,5e-5)")
     axes: list[GridAxis] = []
     for spec in specs:
-        key, sep, listed = spec.partition("=")
-        section, name = _field(key.strip(), spec, sep)
-        where = f"--grid {section}.{name}"
-        if any(axis.key == f"{section}.{name}" for axis in axes):
-            raise ConfigError(f"{where}: given twice (list all its values in one --grid)")
-        values = tuple(_grid_value(item, where) for item in split_values(listed, where))
-        coerced = [_coerced(section, name, v.value) for v in values]
-        for i, value in enumerate(coerced):
-            if value in coerced[:i]:
-                raise ConfigError(f"{where}: {values[coerced.index(value)].text!r} and {values[i].text!r} are the "
-                                  "same value")
-        axes.append(GridAxis(section, name, values))
+        axes.append(_parse_axis(spec, "--grid", axes, distinct=True))
     return axes
 
 
-def _field(key: str, spec: str, sep: str) -> tuple[str, str]:
+def parse_zip(specs: Sequence[str], axes: Sequence[GridAxis]) -> list[GridAxis]:
+    """`--zip` specs: fields whose values move together (the i-th values of each make one point), as one more
+    axis of the grid; every spec lists as many values, and no point repeats."""
+    zipped: list[GridAxis] = []
+    for spec in specs:
+        axis = _parse_axis(spec, "--zip", [*axes, *zipped], distinct=False)
+        if zipped and len(axis.values) != len(zipped[0].values):
+            raise ConfigError(f"--zip {axis.key}: {len(axis.values)} values, but --zip {zipped[0].key} has "
+                              f"{len(zipped[0].values)} (zipped fields list one value per point)")
+        zipped.append(axis)
+    points = [tuple(_coerced(a.section, a.name, a.values[i].value) for a in zipped)
+              for i in range(len(zipped[0].values) if zipped else 0)]
+    for i, point in enumerate(points):
+        if point in points[:i]:
+            raise ConfigError(f"--zip: points {points.index(point) + 1} and {i + 1} are the same "
+                              f"({', '.join(a.values[i].text for a in zipped)})")
+    return zipped
+
+
+def _parse_axis(spec: str, flag: str, earlier: Sequence[GridAxis], distinct: bool) -> GridAxis:
+    """One `SECTION.FIELD=V1,V2,...` spec; `distinct`: no value may repeat (a zipped field's may)."""
+    key, sep, listed = spec.partition("=")
+    section, name = _field(key.strip(), spec, sep, flag)
+    where = f"{flag} {section}.{name}"
+    if any(axis.key == f"{section}.{name}" for axis in earlier):
+        raise ConfigError(f"{where}: given twice (list all its values in one --grid, or one --zip)")
+    values = tuple(_grid_value(item, where) for item in split_values(listed, where))
+    coerced = [_coerced(section, name, v.value) for v in values]
+    for i, value in enumerate(coerced):
+        if distinct and value in coerced[:i]:
+            raise ConfigError(f"{where}: {values[coerced.index(value)].text!r} and {values[i].text!r} are the "
+                              "same value")
+    return GridAxis(section, name, values)
+
+
+def _field(key: str, spec: str, sep: str, flag: str = "--grid") -> tuple[str, str]:
     """(section, field) of a spec's key, or a ConfigError listing the valid ones."""
     sections = {f.name: f.type for f in fields(Config)}
     section, dot, name = key.partition(".")
     if not sep or not dot or not name:
-        raise ConfigError(f"--grid {spec!r}: expected SECTION.FIELD=V1,V2,... (e.g. train.lr=5e-4,5e-5); "
+        raise ConfigError(f"{flag} {spec!r}: expected SECTION.FIELD=V1,V2,... (e.g. train.lr=5e-4,5e-5); "
                           f"sections: {', '.join(sections)}")
     if section not in sections:
-        raise ConfigError(f"--grid {key}: unknown section '{section}' (valid: {', '.join(sections)})")
+        raise ConfigError(f"{flag} {key}: unknown section '{section}' (valid: {', '.join(sections)})")
     known = [f.name for f in fields(getattr(Config(), section))]
     name = name.replace("-", "_")
     if name not in known:
-        raise ConfigError(f"--grid {key}: unknown field '{name}' in {section} (valid: {', '.join(sorted(known))})")
+        raise ConfigError(f"{flag} {key}: unknown field '{name}' in {section} (valid: {', '.join(sorted(known))})")
     if f"{section}.{name}" in NOT_SWEPT:
-        raise ConfigError(f"--grid {key}: not a field to sweep ({NOT_SWEPT[f'{section}.{name}']})")
+        raise ConfigError(f"{flag} {key}: not a field to sweep ({NOT_SWEPT[f'{section}.{name}']})")
     return section, name
 
 
@@ -213,30 +249,38 @@ class SweepRun:
         return Path(self.config.train.output_dir)
 
 
-def plan_runs(base: Config, axes: Sequence[GridAxis], out: Path) -> list[SweepRun]:
-    """Every combination of the axes' values, in order (the last axis varies fastest), each config validated."""
+def plan_runs(base: Config, axes: Sequence[GridAxis], out: Path,
+              zipped: Sequence[GridAxis] = ()) -> list[SweepRun]:
+    """Every combination of the axes' values, in order (the zipped fields' points first, then the last axis
+    varies fastest), each config validated."""
     runs = []
-    for combination in itertools.product(*(axis.values for axis in axes)):
+    for point in grid_points(axes, zipped):
         config = copy.deepcopy(base)
-        for axis, value in zip(axes, combination, strict=True):
+        for axis, value in point:
             config.update({axis.section: {axis.name: value.value}}, f"--grid {axis.key}")
-        name = run_name(axes, combination)
+        name = run_name(point)
         config.train.output_dir, config.train.resume = str(out / RUNS_DIR / name), True
         try:
             config.validate()
             resolve_tasks(config.eval.tasks)  # a task name is checked here, not when the run's turn comes
         except ConfigError as err:
             raise ConfigError(f"--grid run {name}: {err}") from None
-        runs.append(SweepRun(name, {a.key: v.text for a, v in zip(axes, combination, strict=True)}, config))
+        runs.append(SweepRun(name, {axis.key: value.text for axis, value in point}, config))
     return runs
 
 
-def run_name(axes: Sequence[GridAxis], combination: Sequence[GridValue]) -> str:
+def grid_points(axes: Sequence[GridAxis], zipped: Sequence[GridAxis] = ()) -> list[list[tuple[GridAxis, GridValue]]]:
+    """Each run's (axis, value) pairs: the product of the zipped points (as one axis) and the grid's axes."""
+    zipped_points = [list(zip(zipped, values, strict=True)) for values in zip(*(a.values for a in zipped), strict=True)]
+    dimensions = ([zipped_points] if zipped else []) + [[[(axis, value)] for value in axis.values] for axis in axes]
+    return [[pair for part in combination for pair in part] for combination in itertools.product(*dimensions)]
+
+
+def run_name(point: Sequence[tuple[GridAxis, GridValue]]) -> str:
     """`lr=5e-3,prompt=is~1a2b3c`: the field (section.field where two sections share it) and a file-system-safe
     form of each value; a value that had to be changed gets a short hash of itself, so two values never clash."""
-    names = [axis.name for axis in axes]
-    parts = [f"{axis.name if names.count(axis.name) == 1 else axis.key}={_slug(value.text)}"
-             for axis, value in zip(axes, combination, strict=True)]
+    names = [axis.name for axis, _ in point]
+    parts = [f"{axis.name if names.count(axis.name) == 1 else axis.key}={_slug(value.text)}" for axis, value in point]
     name = ",".join(parts)
     if len(name) > MAX_NAME:
         name = name[:MAX_NAME - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -277,9 +321,13 @@ def finished(run: SweepRun) -> bool:
 class SweepState:
     """sweep.json: the grid and every run's state, rewritten atomically at each change."""
 
-    def __init__(self, out: Path, axes: Sequence[GridAxis], runs: Sequence[SweepRun]):
+    def __init__(self, out: Path, axes: Sequence[GridAxis], runs: Sequence[SweepRun],
+                 zipped: Sequence[GridAxis] = (), average: bool = False):
         self.path = out / SWEEP_FILE
-        self.grid = [{"field": a.key, "values": [v.text for v in a.values]} for a in axes]
+        self.grid = [{"field": a.key, "values": [v.text for v in a.values], "zip": True} for a in zipped]
+        self.grid += [{"field": a.key, "values": [v.text for v in a.values]} for a in axes]
+        # The averaged adapter's state (pending, done, skipped, failed), when the sweep makes one.
+        self.averaged = {"status": "pending", "error": None} if average else None
         self.runs = {run.name: {"name": run.name, "dir": f"{RUNS_DIR}/{run.name}", "overrides": run.overrides,
                                 "status": "pending", "error": None, "seconds": None,
                                 "config": run.config.to_dict()} for run in runs}
@@ -291,6 +339,8 @@ class SweepState:
 
     def save(self) -> None:
         state = {"grid": self.grid, "runs": list(self.runs.values()), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if self.averaged is not None:
+            state["averaged"] = self.averaged
         write_text_atomically(self.path, json.dumps(state, indent=2) + "\n")
 
 
@@ -324,7 +374,7 @@ class Baselines:
             if result is None:
                 print(f"baseline evaluation of {config.model.name} (prompt {config.model.prompt!r}), once for the "
                       "runs that share it", flush=True)
-                result = evaluate_base(config, evaluator)
+                result = evaluate_model(config, evaluator)
                 write_result(result, path)
         except Exception as err:
             self.failures[key] = err
@@ -336,19 +386,25 @@ class Baselines:
 
 # ---- running --------------------------------------------------------------------------------------------------
 
-def run_sweep(config: Config, grid: Sequence[str]) -> dict:
-    """Every run of the grid (see the module's docstring); returns the summary written to report.json, with
-    "paths"."""
+def run_sweep(config: Config, grid: Sequence[str], zipped: Sequence[str] = (), average: bool = False) -> dict:
+    """Every run of the grid (see the module's docstring), and with `average` their adapters averaged and scored;
+    returns the summary written to report.json, with "paths"."""
     if launched_ranks().distributed:
         raise ConfigError("run `embedtune sweep` as one process, not under torchrun or accelerate launch: it starts "
                           "its runs itself (one per GPU where several are visible)")
-    axes = parse_grid(grid)
+    if not grid and not zipped:
+        raise ConfigError("sweep: give at least one --grid SECTION.FIELD=V1,V2,... (e.g. --grid train.lr=5e-4,5e-5) "
+                          "or --zip SECTION.FIELD=V1,V2,...")
+    axes = parse_grid(grid) if grid else []
+    zipped_axes = parse_zip(zipped, axes)
     out = Path(config.train.output_dir)
-    runs = plan_runs(config.validate(), axes, out)  # every point checked before any model loads
+    runs = plan_runs(config.validate(), axes, out, zipped_axes)  # every point checked before any model loads
+    if average:
+        check_averageable(runs)
     out.mkdir(parents=True, exist_ok=True)
     for name in SWEEP_RESULTS:  # a sweep's report describes a sweep that ended
         (out / name).unlink(missing_ok=True)
-    state = SweepState(out, axes, runs)
+    state = SweepState(out, axes, runs, zipped_axes, average)
     todo = []
     for run in runs:
         if finished(run):
@@ -358,11 +414,16 @@ def run_sweep(config: Config, grid: Sequence[str]) -> dict:
             todo.append(run)
     print(f"sweep: {len(runs)} runs in {out / RUNS_DIR}, {len(runs) - len(todo)} finished before", flush=True)
     prepare(todo)
+    if todo:  # an average made before holds other adapters than the ones about to be trained
+        remove_average(out)
     slots = gpu_slots(config)
+    bases = Baselines(out / BASELINES_DIR)
     if slots and len(todo) > 1:
-        _run_parallel(todo, slots, state, Baselines(out / BASELINES_DIR))
+        _run_parallel(todo, slots, state, bases)
     else:
-        _run_in_turn(todo, len(runs) - len(todo), len(runs), state, Baselines(out / BASELINES_DIR))
+        _run_in_turn(todo, len(runs) - len(todo), len(runs), state, bases)
+    if average:
+        average_runs(runs, state, out, bases)
     return write_sweep_report(out)
 
 
@@ -413,6 +474,80 @@ def _release_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# ---- the runs' adapters averaged -------------------------------------------------------------------------------
+
+def check_averageable(runs: Sequence[SweepRun]) -> None:
+    """Adapters average into one embedder only when the runs share the model settings and the LoRA targets (ranks
+    may differ): checked before any run starts."""
+    first = runs[0].config
+    for run in runs[1:]:
+        for section in ("model", "lora", "eval"):
+            ours, theirs = dataclasses.asdict(getattr(first, section)), dataclasses.asdict(getattr(run.config, section))
+            allowed = {"r", "alpha", "dropout"} if section == "lora" else set()  # training-only or rank-stacked
+            differ = [k for k in ours if k not in allowed and ours[k] != theirs[k]]
+            if differ:
+                raise ConfigError(f"--average-adapters: runs {runs[0].name} and {run.name} differ in "
+                                  f"{section}.{differ[0]}; only adapters of one embedder (the same model settings, "
+                                  "LoRA targets and evaluation) can be averaged")
+
+
+def remove_average(out: Path) -> None:
+    for name in AVERAGE_RESULTS:
+        (out / AVERAGED_DIR / name).unlink(missing_ok=True)
+
+
+def average_runs(runs: Sequence[SweepRun], state: SweepState, out: Path, bases: Baselines) -> None:
+    """OUTPUT/averaged/ once every run has finished, kept while the runs stay as they were; its state in
+    sweep.json (a failure is recorded there, and the sweep goes on to its report)."""
+    folder, names = out / AVERAGED_DIR, [run.name for run in runs]
+    if read_json_or(folder / "report.json").get("averaged_from") == names:
+        log.info("skipping the average: finished (%s)", folder / "report.json")
+        return _set_average(state, "done")
+    unfinished = [name for name in names if state.runs[name]["status"] != "done"]
+    if unfinished:
+        log.warning("not averaging the adapters: %s did not finish", ", ".join(unfinished))
+        return _set_average(state, "skipped", f"not every run finished ({', '.join(unfinished)})")
+    print(f"averaging the adapters of the {len(runs)} runs into {folder / 'adapter'}, then its evaluation",
+          flush=True)
+    _set_average(state, "running")
+    try:
+        report = _average_and_score(runs, folder, bases)
+    except Exception as err:
+        log.error("the average failed: %s", one_line(err))
+        return _set_average(state, "failed", one_line(err))
+    finally:
+        _release_memory()
+    write_result(report["tuned"], folder / "tuned.json")
+    write_run_page(folder, report)
+    write_text_atomically(folder / "report.json", json.dumps(report, indent=2) + "\n")  # last: it is done
+    _set_average(state, "done")
+
+
+def _average_and_score(runs: Sequence[SweepRun], folder: Path, bases: Baselines) -> dict:
+    """The adapter whose update is the mean of the runs' evaluated adapters (FOLDER/adapter) and its report: the
+    scores, the runs it averages and their training time (time in steps, summed)."""
+    from embedtune.models.adapter_average import average_adapters
+
+    started = time.perf_counter()
+    adapters = [read_json_or(run.dir / "report.json")["selected"]["adapter"] for run in runs]
+    adapter = average_adapters(adapters, folder / "adapter")
+    config = runs[0].config  # every run's model, LoRA targets and evaluation are the same (check_averageable)
+    base = bases.get(config)
+    evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
+    tuned = evaluate_model(config, evaluator, adapter)
+    train_seconds = [load_run(run.dir).train_seconds for run in runs]
+    return {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": None,
+            "seconds": round(time.perf_counter() - started, 1),
+            "selected": {"adapter": str(adapter), "by": "average", "step": None, "dev_score": None},
+            "averaged_from": [run.name for run in runs], "adapters": adapters,
+            "train_seconds": sum(s for s in train_seconds if s is not None)}
+
+
+def _set_average(state: SweepState, status: str, error: str | None = None) -> None:
+    state.averaged = {"status": status, "error": error}
+    state.save()
 
 
 # ---- one run per GPU ------------------------------------------------------------------------------------------
@@ -498,12 +633,14 @@ def write_sweep_report(out: Path) -> dict:
     source = load_sweep(out)
     runs = source.runs
     best = best_run(runs)
+    averaged = read_json_or(out / SWEEP_FILE).get("averaged")  # its state, when the sweep averages
     summary = {"runs": [_run_summary(run) for run in runs],
                "baselines": [{"label": label, **_scores(result)} for label, result in baselines(runs)],
                "best": best.name if best else None,
-               "counts": {s: sum(r.status == s for r in runs) for s in ("done", "failed", "interrupted", "pending")}}
-    plots = _write_plots(out, runs)
-    write_text_atomically(out / "report.md", sweep_markdown(source.path, runs, plots))
+               "counts": {s: sum(r.status == s for r in runs) for s in ("done", "failed", "interrupted", "pending")},
+               "averaged": _averaged_summary(source.averaged, averaged) if averaged or source.averaged else None}
+    plots = _write_plots(out, source.shown)
+    write_text_atomically(out / "report.md", sweep_markdown(source.path, source.shown, plots, averaged))
     write_text_atomically(out / REPORT_HTML, render_html([source], f"embedtune sweep: {out}"))
     write_text_atomically(out / "report.json", json.dumps(summary, indent=2) + "\n")
     summary["paths"] = {name: str(out / name) for name in ("report.md", "report.json", REPORT_HTML)}
@@ -515,6 +652,16 @@ def _scores(result: dict | None) -> dict:
         return {"average": None, "std": None, "tasks": {}}
     return {"average": result["average"], "std": result["std"],
             "tasks": {k: task_score(result, k) for k in result["tasks"]}}
+
+
+def _averaged_summary(run: RunView | None, state: dict | None) -> dict:
+    """The averaged adapter as report.json gives it: its scores beside the runs', the runs it averages, and its
+    training time (theirs, summed); status and error from sweep.json when it was not made."""
+    if run is None:
+        return {"status": (state or {}).get("status", "pending"), "error": (state or {}).get("error"),
+                **_scores(None)}
+    return {"status": "done", "error": None, **_scores(run.tuned), "averaged_from": run.averaged_from,
+            "train_seconds": run.train_seconds, "adapter": run.report["selected"]["adapter"], "dir": str(run.path)}
 
 
 def _run_summary(run: RunView) -> dict:
@@ -531,7 +678,7 @@ def _write_plots(out: Path, runs: Sequence[RunView]) -> list[str]:
         written.append("dev_curves.png")
     best = best_run(runs)
     bars = [(label, result["average"], "base") for label, result in baselines(runs)]
-    bars += [(run.name, run.tuned["average"], "best" if run is best else "run") for run in runs if run.tuned]
+    bars += [(run.name, run.tuned["average"], bar_kind(run, best)) for run in runs if run.tuned]
     if bars:
         png = averages_png(bars)
         write_file_atomically(out / "averages.png", lambda f: f.write(png))
@@ -539,8 +686,9 @@ def _write_plots(out: Path, runs: Sequence[RunView]) -> list[str]:
     return written
 
 
-def sweep_markdown(out: Path, runs: Sequence[RunView], plots: Sequence[str]) -> str:
-    """The table: a row per base model and per run, columns the sets, average ± std and training time."""
+def sweep_markdown(out: Path, runs: Sequence[RunView], plots: Sequence[str], averaged: dict | None = None) -> str:
+    """The table: a row per base model and per run (and the averaged adapter), columns the sets, average ± std and
+    training time. `averaged`: the average's state in sweep.json, to say why there is none."""
     bases = baselines(runs)
     columns = task_columns([r for _, r in bases] + [run.tuned for run in runs if run.tuned])
     best = best_run(runs)
@@ -555,6 +703,12 @@ def sweep_markdown(out: Path, runs: Sequence[RunView], plots: Sequence[str]) -> 
     if best:
         lines.append(f"Best run: **{best.name}**, average {best.tuned['average']:.2f} ± {best.tuned['std']:.2f} "
                      "(Spearman x100, average ± population std over the sets).")
+    soup = next((run for run in runs if run.averaged_from), None)
+    if soup:
+        lines.append(f"\n{soup.name}: the runs' adapters averaged into one ({soup.report['selected']['adapter']}); "
+                     "its training time is theirs, summed.")
+    elif averaged and averaged.get("error"):
+        lines.append(f"\nNo averaged adapter: {averaged['status']}, {averaged['error']}.")
     for run in runs:
         if run.error:
             lines.append(f"\n{run.name} failed: {run.error}")

@@ -30,6 +30,7 @@ from embedtune.files import read_json_or, write_text_atomically
 SWEEP_FILE = "sweep.json"  # written by embedtune.sweep: the plan and each run's state
 ENVIRONMENT_FILE = "environment.json"  # versions and hardware of the process that finished the run
 REPORT_HTML = "report.html"
+AVERAGED_DIR = "averaged"  # in a sweep folder: its runs' adapters averaged (sweep --average-adapters)
 RUN_MARKERS = ("report.json", "base.json", "config.json", "metrics.jsonl")
 RUN_PLOTS = ("loss.png", "dev_spearman.png")  # drawn by the trainer
 VERSIONED = ("embedtune", "torch", "transformers", "peft")
@@ -55,6 +56,7 @@ class RunView:
     data_report: dict | None = None
     environment: dict | None = None
     events: list[dict] = field(default_factory=list)
+    averaged_from: list[str] = field(default_factory=list)  # a sweep's averaged adapter: the runs it averages
 
     @property
     def tuned(self) -> dict | None:
@@ -62,7 +64,10 @@ class RunView:
 
     @property
     def train_seconds(self) -> float | None:
-        """Seconds spent in training steps (metrics.jsonl; a resumed run's steps count once)."""
+        """Seconds spent in training steps (metrics.jsonl; a resumed run's steps count once); an averaged
+        adapter's: its runs' together."""
+        if self.averaged_from:
+            return (self.report or {}).get("train_seconds")
         steps = [e["seconds"] for e in self.events if ("loss" in e or "skipped" in e) and "seconds" in e]
         return sum(steps) if steps else None
 
@@ -79,6 +84,12 @@ class Source:
     kind: str  # run | sweep
     runs: list[RunView]
     grid: list[dict] = field(default_factory=list)
+    averaged: RunView | None = None  # the sweep's runs' adapters averaged (sweep --average-adapters)
+
+    @property
+    def shown(self) -> list[RunView]:
+        """The rows of the page: every run, then the averaged adapter."""
+        return self.runs + ([self.averaged] if self.averaged else [])
 
 
 # ---- reading folders ------------------------------------------------------------------------------------------
@@ -97,8 +108,7 @@ def load_run(path: Path, name: str | None = None, recorded: str | None = None, e
     base = report["base"] if report else _json(path / "base.json")
     return RunView(name or path.name, path, status, error, dict(overrides or {}), report, base,
                    _json(path / "config.json") or config, _json(path / "data_report.json"),
-                   _json(path / ENVIRONMENT_FILE),
-                   _events(path))
+                   _json(path / ENVIRONMENT_FILE), _events(path), list((report or {}).get("averaged_from") or []))
 
 
 def _json(path: Path) -> dict | None:
@@ -120,7 +130,15 @@ def load_sweep(path: Path) -> Source:
     runs = [load_run(path / run.get("dir", f"runs/{run['name']}"), run["name"], run.get("status"), run.get("error"),
                      run.get("overrides"), config=run.get("config"))
             for run in state["runs"] if isinstance(run, dict) and isinstance(run.get("name"), str)]
-    return Source(path, "sweep", runs, state.get("grid", []))
+    return Source(path, "sweep", runs, state.get("grid", []), _averaged(path, [run.name for run in runs]))
+
+
+def _averaged(path: Path, names: list[str]) -> RunView | None:
+    """The sweep's averaged adapter (OUTPUT/averaged), if one was made of exactly these runs."""
+    report = _json(path / AVERAGED_DIR / "report.json")
+    if not report or report.get("averaged_from") != names:
+        return None
+    return load_run(path / AVERAGED_DIR, f"averaged ({len(names)} runs)", report=report)
 
 
 def load_source(path: str | Path) -> Source:
@@ -198,7 +216,7 @@ def write_html_report(paths: Sequence[str | Path], out: str | Path | None = None
 
 
 def render_html(sources: Sequence[Source], title: str | None = None) -> str:
-    runs = [run for source in sources for run in source.runs]
+    runs = [run for source in sources for run in source.shown]
     labels = _labels(runs)
     title = title or ("embedtune report: " + ", ".join(str(s.path) for s in sources))
     body = [f"<h1>{e(title)}</h1>",
@@ -227,7 +245,8 @@ def _labels(runs: Sequence[RunView]) -> dict[int, str]:
 
 
 def best_run(runs: Sequence[RunView]) -> RunView | None:
-    done = [run for run in runs if run.tuned is not None]
+    """The trained run with the highest average (an averaged adapter is shown beside the runs, not ranked)."""
+    done = [run for run in runs if run.tuned is not None and not run.averaged_from]
     return max(done, key=lambda run: run.tuned["average"]) if done else None
 
 
@@ -282,8 +301,9 @@ def _seconds(value: float | None) -> str:
 def _sweep_summary(source: Source) -> str:
     counts = {status: sum(run.status == status for run in source.runs)
               for status in ("done", "failed", "interrupted", "pending")}
-    grid = "".join(f"<li><code>{e(g.get('field'))}</code> = {', '.join(_value(v) for v in g.get('values', []))}</li>"
-                   for g in source.grid)
+    together = " (zipped: the i-th values of the zipped fields make one point)"
+    grid = "".join(f"<li><code>{e(g.get('field'))}</code> = {', '.join(_value(v) for v in g.get('values', []))}"
+                   f"{together if g.get('zip') else ''}</li>" for g in source.grid)
     state = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no runs"
     return (f"<section><h2>Sweep <code>{e(source.path)}</code></h2><p>{len(source.runs)} runs: {e(state)}.</p>"
             f"<ul>{grid}</ul></section>")
@@ -327,10 +347,14 @@ def _plots_section(runs: Sequence[RunView], labels: dict[int, str]) -> str:
         images.append(_img(dev_curves_png(curves), "STSBenchmark dev Spearman of every run against step"))
     bars = [(label, result["average"], "base") for label, result in baselines(runs)]
     best = best_run(runs)
-    bars += [(labels[id(run)], run.tuned["average"], "best" if run is best else "run") for run in runs if run.tuned]
+    bars += [(labels[id(run)], run.tuned["average"], bar_kind(run, best)) for run in runs if run.tuned]
     if bars:
         images.append(_img(averages_png(bars), "average Spearman of the base model(s) and every finished run"))
     return f"<section><h2>Plots</h2>{''.join(images)}</section>" if images else ""
+
+
+def bar_kind(run: RunView, best: RunView | None) -> str:
+    return "best" if run is best else "average" if run.averaged_from else "run"
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -393,7 +417,13 @@ def _training_text(run: RunView) -> str:
         lines.append(f"Training: {len(steps)} steps, final loss {steps[-1]['loss']:.4f}, mean {tokens:.0f} tokens/s, "
                      f"{_seconds(run.train_seconds)} in steps" + (f", {skipped} skipped" if skipped else "") + ".")
     selected = (run.report or {}).get("selected")
-    if selected:
+    if run.averaged_from:
+        names = e(", ".join(run.averaged_from))
+        lines.append(f"The adapters of {len(run.averaged_from)} runs averaged (<code>embedtune average-adapters"
+                     f"</code>: one adapter whose update is the mean of theirs): {names}; their training took "
+                     f"{_seconds(run.train_seconds)} in steps together. Evaluated: "
+                     f"<code>{e((selected or {}).get('adapter'))}</code>.")
+    elif selected:
         dev = f", STSBenchmark dev {selected['dev_score']:.2f}" if selected.get("dev_score") is not None else ""
         lines.append(f"Evaluated: the {e(selected.get('by'))} adapter (step {e(selected.get('step'))}{dev}), "
                      f"<code>{e(selected.get('adapter'))}</code>.")
@@ -471,9 +501,10 @@ def dev_curves_png(curves: Sequence[tuple[str, Sequence[tuple[int, float]]]]) ->
 
 
 def averages_png(bars: Sequence[tuple[str, float, str]]) -> bytes:
-    """Average Spearman as horizontal bars (labels can be long): base models grey, the best run orange."""
+    """Average Spearman as horizontal bars (labels can be long): base models grey, the best run orange, an
+    averaged adapter green."""
     plt = pyplot()
-    colours = {"base": "#9a9a9a", "run": "#4c78a8", "best": "#f58518"}
+    colours = {"base": "#9a9a9a", "run": "#4c78a8", "best": "#f58518", "average": "#54a24b"}
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.35 * len(bars)))
     names = [label for label, _, _ in bars][::-1]
     values = [value for _, value, _ in bars][::-1]
