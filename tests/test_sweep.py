@@ -108,6 +108,9 @@ def test_zipped_fields_move_together_and_cross_the_grid():
      "--average-adapters: runs prompt=~da39a3 and prompt=is~947168 differ in model.prompt; only adapters of one "
      "embedder"),
     (["--grid", "lora.targets=attention,all-linear", "--average-adapters"], "differ in lora.targets"),
+    (["--grid", "lora.r=2,4", "--average-scale", "0.5"], "--average-scale scales the averaged adapters: give "
+                                                         "--average-adapters too"),
+    (["--grid", "lora.r=2,4", "--average-adapters", "--average-scale", "0"], "--average-scale must be > 0, got 0.0"),
 ])
 def test_a_bad_zip_or_average_fails_in_one_line_before_any_model_loads(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Embedder, "from_config", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -220,24 +223,25 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on_then_a_rerun_retries_onl
     assert json.loads((out / "report.json").read_text())["counts"] == report["counts"]
 
 
-def test_averaged_adapters_are_the_mean_update_of_the_runs_scored_beside_them_and_kept_on_a_rerun(
+def test_averaged_adapters_are_the_scaled_mean_update_of_the_runs_scored_beside_them_and_kept_on_a_rerun(
         tiny_model_dir, tiny_data_dir, tmp_path, eval_config, capsys):
     from safetensors.torch import load_file
 
     out = tmp_path / "sweep"
     args = sweep_args(tiny_model_dir, tiny_data_dir, out, eval_config, "lora.r=2,4")
-    args += ["--zip", "train.seed=1,2", "--zip", "train.lr=1e-3,3e-3", "--average-adapters"]
+    args += ["--zip", "train.seed=1,2", "--zip", "train.lr=1e-3,3e-3", "--average-adapters", "--average-scale", "0.5"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     names = ["seed=1,lr=1e-3,r=2", "seed=1,lr=1e-3,r=4", "seed=2,lr=3e-3,r=2", "seed=2,lr=3e-3,r=4"]
     assert [r["name"] for r in report["runs"]] == names and report["counts"]["done"] == 4
     averaged = report["averaged"]
     tuned = json.loads((out / "averaged" / "tuned.json").read_text())
-    assert (averaged["status"], averaged["average"], averaged["averaged_from"]) == ("done", tuned["average"], names)
+    assert (averaged["status"], averaged["average"], averaged["averaged_from"], averaged["scale"]) == (
+        "done", tuned["average"], names, 0.5)
     assert averaged["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in report["runs"]))
     assert report["best"] in names  # the average is shown beside the runs, not ranked among them
 
-    # The averaged adapter's update of a module is the mean of the runs' updates (ranks 2, 4, 2, 4 stacked: 12).
+    # The averaged adapter's update of a module is half the mean of the runs' updates (ranks 2, 4, 2, 4 stacked).
     def update(folder: Path, module: str) -> torch.Tensor:
         config = json.loads((folder / "adapter_config.json").read_text())
         weights = load_file(folder / "adapter_model.safetensors")
@@ -248,21 +252,25 @@ def test_averaged_adapters_are_the_mean_update_of_the_runs_scored_beside_them_an
                   if k.endswith("lora_A.weight")).removesuffix(".lora_A.weight")
     finals = [out / "runs" / name / "final" for name in names]
     mean = sum(update(f, module) for f in finals) / 4
-    assert torch.allclose(update(out / "averaged" / "adapter", module), mean, atol=1e-6)
+    assert torch.allclose(update(out / "averaged" / "adapter", module), 0.5 * mean, atol=1e-6)
     assert mean.abs().max() > 0
 
     markdown = (out / "report.md").read_text()
     assert f"| averaged (4 runs) | done | {tuned['tasks']['sts12']['spearman']:.2f} |" in markdown
     page = (out / "report.html").read_text()
     assert page.count("<section class=run ") == 5 and "The adapters of 4 runs averaged" in page
-    assert "zipped: the i-th values" in page
+    assert "zipped: the i-th values" in page and "the mean of theirs times 0.5" in page
     assert f"averaged adapters: {tuned['average']:.2f}" in capsys.readouterr().out
 
     made_at = (out / "averaged" / "report.json").stat().st_mtime_ns
     assert main(args) == 0  # nothing to train: the runs and their average stay as they were
     assert (out / "averaged" / "report.json").stat().st_mtime_ns == made_at
+    assert main(args[:-2]) == 0  # another scale: made again, from the same runs
+    assert json.loads((out / "report.json").read_text())["averaged"]["scale"] == 1.0
+    assert torch.allclose(update(out / "averaged" / "adapter", module), mean, atol=1e-6)
+    made_at = (out / "averaged" / "report.json").stat().st_mtime_ns
     (out / "runs" / names[3] / "report.json").unlink()  # that run is redone, so the average is made again
-    assert main(args) == 0
+    assert main(args[:-2]) == 0
     assert (out / "averaged" / "report.json").stat().st_mtime_ns != made_at
     assert json.loads((out / "report.json").read_text())["averaged"]["status"] == "done"
 

@@ -93,15 +93,17 @@ def run(config: Config) -> dict:
     return run_experiment(config.validate())
 
 
-def sweep(config: Config, grid: Sequence[str], *, zipped: Sequence[str] = (), average_adapters: bool = False) -> dict:
+def sweep(config: Config, grid: Sequence[str], *, zipped: Sequence[str] = (), average_adapters: bool = False,
+          average_scale: float = 1.0) -> dict:
     """`run` once per combination of the grid's values (`["train.lr=5e-4,5e-5", "model.prompt=,'{} is:'"]`) in
     OUTPUT/runs/NAME, the base model scored once, and one report; re-running continues where it stopped.
 
     `zipped`: fields whose values move together (`["train.seed=1,2", "train.cosent=0,0.3"]`: two points), crossed
-    with the grid. `average_adapters`: the runs' adapters averaged into OUTPUT/averaged/adapter and scored."""
+    with the grid. `average_adapters`: the runs' adapters averaged into OUTPUT/averaged/adapter (the mean update
+    times `average_scale`) and scored."""
     from embedtune.sweep import run_sweep
 
-    return run_sweep(config.validate(), grid, zipped, average_adapters)
+    return run_sweep(config.validate(), grid, zipped, average_adapters, average_scale)
 
 
 def report(dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:

@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--average-adapters", action="store_true",
                    help="when every run has finished, average their adapters into OUTPUT/averaged/adapter (one "
                         "embedder: the runs must share the model settings and LoRA targets) and score it beside them")
+    p.add_argument("--average-scale", type=float, default=1.0, metavar="S",
+                   help="multiply the averaged update by S (below 1: toward the base model, WiSE-FT; default 1)")
 
     p = sub.add_parser("report", help="one self-contained HTML page for run and sweep folders")
     p.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="folders written by `run` or `sweep`")
@@ -207,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="adapter folders (e.g. runs of several seeds)")
     p.add_argument("--out", required=True, help="the averaged adapter's folder (its rank: the sum of theirs)")
     p.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per adapter (default: equal)")
+    p.add_argument("--scale", type=float, default=1.0, metavar="S",
+                   help="multiply the averaged update by S: below 1, toward the base model (WiSE-FT); with a scale, "
+                        "one adapter is enough (default: 1)")
 
     p = sub.add_parser("encode", help="embed texts from a file")
     _add_model_flags(p)
@@ -281,7 +286,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from embedtune.api import sweep
 
     summary = sweep(config_from_args(args, MODEL_FLAGS | DATA_FLAGS | TRAIN_FLAGS | RUN_FLAGS), args.grid,
-                    zipped=args.zip, average_adapters=args.average_adapters)
+                    zipped=args.zip, average_adapters=args.average_adapters, average_scale=args.average_scale)
     counts = ", ".join(f"{n} {status}" for status, n in summary["counts"].items() if n)
     averaged = summary["averaged"]
     if averaged and averaged["status"] == "done":
@@ -311,8 +316,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_average_adapters(args: argparse.Namespace) -> int:
     from embedtune.models.adapter_average import average_adapters
 
-    out = average_adapters(args.adapters, args.out, args.weights)
-    print(f"averaged {len(args.adapters)} adapters into {out}")
+    out = average_adapters(args.adapters, args.out, args.weights, args.scale)
+    if len(args.adapters) == 1:
+        print(f"scaled the update of {args.adapters[0]} by {args.scale:g} into {out}")
+    else:
+        scaled = f", the mean update times {args.scale:g}," if args.scale != 1 else ""
+        print(f"averaged {len(args.adapters)} adapters{scaled} into {out}")
     return 0
 
 

@@ -9,7 +9,8 @@ and a bracketed one ([a, b]) a YAML list, so a comma inside quotes or brackets d
 the empty string and `null` (or `~`) is None. Fields given with `--zip` instead move together: the i-th values of
 every `--zip` make one point (`--zip train.seed=1,2,42 --zip train.cosent=0,0.3,0.3`: three runs), and those points
 are one more axis of the grid. With `--average-adapters` the runs' adapters, once all have finished, are averaged
-into one (`embedtune average-adapters`) and scored beside them.
+into one (`embedtune average-adapters`; `--average-scale S` multiplies the averaged update by S) and scored beside
+them.
 
 OUTPUT/ holds:
   sweep.json            the grid and each run's state (pending, running, done, failed, with its error), written
@@ -38,6 +39,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -386,9 +388,10 @@ class Baselines:
 
 # ---- running --------------------------------------------------------------------------------------------------
 
-def run_sweep(config: Config, grid: Sequence[str], zipped: Sequence[str] = (), average: bool = False) -> dict:
-    """Every run of the grid (see the module's docstring), and with `average` their adapters averaged and scored;
-    returns the summary written to report.json, with "paths"."""
+def run_sweep(config: Config, grid: Sequence[str], zipped: Sequence[str] = (), average: bool = False,
+              average_scale: float = 1.0) -> dict:
+    """Every run of the grid (see the module's docstring), and with `average` their adapters averaged (the mean
+    update times `average_scale`) and scored; returns the summary written to report.json, with "paths"."""
     if launched_ranks().distributed:
         raise ConfigError("run `embedtune sweep` as one process, not under torchrun or accelerate launch: it starts "
                           "its runs itself (one per GPU where several are visible)")
@@ -400,7 +403,9 @@ def run_sweep(config: Config, grid: Sequence[str], zipped: Sequence[str] = (), a
     out = Path(config.train.output_dir)
     runs = plan_runs(config.validate(), axes, out, zipped_axes)  # every point checked before any model loads
     if average:
-        check_averageable(runs)
+        check_averageable(runs, average_scale)
+    elif average_scale != 1:
+        raise ConfigError("--average-scale scales the averaged adapters: give --average-adapters too")
     out.mkdir(parents=True, exist_ok=True)
     for name in SWEEP_RESULTS:  # a sweep's report describes a sweep that ended
         (out / name).unlink(missing_ok=True)
@@ -423,7 +428,7 @@ def run_sweep(config: Config, grid: Sequence[str], zipped: Sequence[str] = (), a
     else:
         _run_in_turn(todo, len(runs) - len(todo), len(runs), state, bases)
     if average:
-        average_runs(runs, state, out, bases)
+        average_runs(runs, state, out, bases, average_scale)
     return write_sweep_report(out)
 
 
@@ -478,9 +483,11 @@ def _release_memory() -> None:
 
 # ---- the runs' adapters averaged -------------------------------------------------------------------------------
 
-def check_averageable(runs: Sequence[SweepRun]) -> None:
+def check_averageable(runs: Sequence[SweepRun], scale: float = 1.0) -> None:
     """Adapters average into one embedder only when the runs share the model settings and the LoRA targets (ranks
     may differ): checked before any run starts."""
+    if not math.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"--average-scale must be > 0, got {scale}")
     first = runs[0].config
     for run in runs[1:]:
         for section in ("model", "lora", "eval"):
@@ -498,11 +505,12 @@ def remove_average(out: Path) -> None:
         (out / AVERAGED_DIR / name).unlink(missing_ok=True)
 
 
-def average_runs(runs: Sequence[SweepRun], state: SweepState, out: Path, bases: Baselines) -> None:
-    """OUTPUT/averaged/ once every run has finished, kept while the runs stay as they were; its state in
-    sweep.json (a failure is recorded there, and the sweep goes on to its report)."""
+def average_runs(runs: Sequence[SweepRun], state: SweepState, out: Path, bases: Baselines, scale: float = 1.0) -> None:
+    """OUTPUT/averaged/ once every run has finished, kept while the runs and the scale stay as they were; its
+    state in sweep.json (a failure is recorded there, and the sweep goes on to its report)."""
     folder, names = out / AVERAGED_DIR, [run.name for run in runs]
-    if read_json_or(folder / "report.json").get("averaged_from") == names:
+    made = read_json_or(folder / "report.json")
+    if made.get("averaged_from") == names and made.get("scale", 1.0) == scale:
         log.info("skipping the average: finished (%s)", folder / "report.json")
         return _set_average(state, "done")
     unfinished = [name for name in names if state.runs[name]["status"] != "done"]
@@ -513,7 +521,7 @@ def average_runs(runs: Sequence[SweepRun], state: SweepState, out: Path, bases: 
           flush=True)
     _set_average(state, "running")
     try:
-        report = _average_and_score(runs, folder, bases)
+        report = _average_and_score(runs, folder, bases, scale)
     except Exception as err:
         log.error("the average failed: %s", one_line(err))
         return _set_average(state, "failed", one_line(err))
@@ -525,14 +533,14 @@ def average_runs(runs: Sequence[SweepRun], state: SweepState, out: Path, bases: 
     _set_average(state, "done")
 
 
-def _average_and_score(runs: Sequence[SweepRun], folder: Path, bases: Baselines) -> dict:
-    """The adapter whose update is the mean of the runs' evaluated adapters (FOLDER/adapter) and its report: the
-    scores, the runs it averages and their training time (time in steps, summed)."""
+def _average_and_score(runs: Sequence[SweepRun], folder: Path, bases: Baselines, scale: float) -> dict:
+    """The adapter whose update is `scale` x the mean of the runs' evaluated adapters (FOLDER/adapter) and its
+    report: the scores, the runs it averages and their training time (time in steps, summed)."""
     from embedtune.models.adapter_average import average_adapters
 
     started = time.perf_counter()
     adapters = [read_json_or(run.dir / "report.json")["selected"]["adapter"] for run in runs]
-    adapter = average_adapters(adapters, folder / "adapter")
+    adapter = average_adapters(adapters, folder / "adapter", scale=scale)
     config = runs[0].config  # every run's model, LoRA targets and evaluation are the same (check_averageable)
     base = bases.get(config)
     evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
@@ -541,7 +549,7 @@ def _average_and_score(runs: Sequence[SweepRun], folder: Path, bases: Baselines)
     return {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": None,
             "seconds": round(time.perf_counter() - started, 1),
             "selected": {"adapter": str(adapter), "by": "average", "step": None, "dev_score": None},
-            "averaged_from": [run.name for run in runs], "adapters": adapters,
+            "averaged_from": [run.name for run in runs], "adapters": adapters, "scale": scale,
             "train_seconds": sum(s for s in train_seconds if s is not None)}
 
 
@@ -661,7 +669,8 @@ def _averaged_summary(run: RunView | None, state: dict | None) -> dict:
         return {"status": (state or {}).get("status", "pending"), "error": (state or {}).get("error"),
                 **_scores(None)}
     return {"status": "done", "error": None, **_scores(run.tuned), "averaged_from": run.averaged_from,
-            "train_seconds": run.train_seconds, "adapter": run.report["selected"]["adapter"], "dir": str(run.path)}
+            "train_seconds": run.train_seconds, "scale": run.report.get("scale", 1.0),
+            "adapter": run.report["selected"]["adapter"], "dir": str(run.path)}
 
 
 def _run_summary(run: RunView) -> dict:
@@ -705,8 +714,10 @@ def sweep_markdown(out: Path, runs: Sequence[RunView], plots: Sequence[str], ave
                      "(Spearman x100, average ± population std over the sets).")
     soup = next((run for run in runs if run.averaged_from), None)
     if soup:
-        lines.append(f"\n{soup.name}: the runs' adapters averaged into one ({soup.report['selected']['adapter']}); "
-                     "its training time is theirs, summed.")
+        scale = soup.report.get("scale", 1.0)
+        scaled = f", the mean update times {scale:g}" if scale != 1 else ""
+        lines.append(f"\n{soup.name}: the runs' adapters averaged into one ({soup.report['selected']['adapter']}"
+                     f"{scaled}); its training time is theirs, summed.")
     elif averaged and averaged.get("error"):
         lines.append(f"\nNo averaged adapter: {averaged['status']}, {averaged['error']}.")
     for run in runs:

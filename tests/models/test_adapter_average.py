@@ -46,6 +46,21 @@ def test_the_average_merges_to_the_weighted_mean_of_the_merged_adapters(tiny_mod
         assert [s["weight"] for s in sources] == [w1, w2]
 
 
+def test_a_scale_moves_the_merged_weights_along_the_line_to_the_base_model(tiny_model_dir, adapters, tmp_path):
+    from transformers import AutoModel
+
+    base = {k: v.detach().clone() for k, v in AutoModel.from_pretrained(tiny_model_dir).state_dict().items()}
+    one, two = (merged_weights(tiny_model_dir, a) for a in adapters)
+    halfway = merged_weights(tiny_model_dir, average_adapters(adapters, tmp_path / "avg", scale=0.5))
+    single = merged_weights(tiny_model_dir, average_adapters(adapters[:1], tmp_path / "one", scale=0.8))
+    for key in base:
+        torch.testing.assert_close(halfway[key], base[key] + 0.5 * ((one[key] + two[key]) / 2 - base[key]),
+                                   rtol=0, atol=2e-6)
+        torch.testing.assert_close(single[key], base[key] + 0.8 * (one[key] - base[key]), rtol=0, atol=2e-6)
+    sources = json.loads((tmp_path / "avg" / "averaged_from.json").read_text())
+    assert [(s["weight"], s["scale"]) for s in sources] == [(0.5, 0.5), (0.5, 0.5)]
+
+
 def test_an_adapter_averaged_with_itself_gives_its_own_embeddings(tiny_model_dir, adapters, tmp_path, tiny_texts):
     from embedtune.config import ModelConfig
     from embedtune.models.embedder import Embedder
@@ -70,6 +85,9 @@ def test_adapters_that_cannot_be_averaged_fail_in_one_line(tiny_model_dir, tiny_
         assert "\n" not in str(err.value)
     with pytest.raises(ModelError, match="non-negative weights"):
         average_adapters(adapters, tmp_path / "out", [1.0, -1.0])
+    for scale in (0.0, -1.0, float("nan")):
+        with pytest.raises(ModelError, match="scale of the averaged update must be > 0"):
+            average_adapters(adapters, tmp_path / "out", scale=scale)
     assert not (tmp_path / "out").exists()
 
 
@@ -79,4 +97,6 @@ def test_the_cli_writes_the_averaged_adapter(adapters, tmp_path, capsys):
     assert f"averaged 2 adapters into {out}" in capsys.readouterr().out
     assert [s["weight"] for s in json.loads((out / "averaged_from.json").read_text())] == [0.25, 0.75]
     assert main(["average-adapters", str(adapters[0]), "--out", str(out)]) == 2
-    assert "at least two" in capsys.readouterr().err
+    assert "at least two adapters (or one, with a scale other than 1)" in capsys.readouterr().err
+    assert main(["average-adapters", str(adapters[0]), "--out", str(tmp_path / "scaled"), "--scale", "0.8"]) == 0
+    assert f"scaled the update of {adapters[0]} by 0.8 into {tmp_path / 'scaled'}" in capsys.readouterr().out

@@ -419,8 +419,10 @@ def _training_text(run: RunView) -> str:
     selected = (run.report or {}).get("selected")
     if run.averaged_from:
         names = e(", ".join(run.averaged_from))
+        scale = run.report.get("scale", 1.0)
+        scaled = f" times {e(scale)}" if scale != 1 else ""
         lines.append(f"The adapters of {len(run.averaged_from)} runs averaged (<code>embedtune average-adapters"
-                     f"</code>: one adapter whose update is the mean of theirs): {names}; their training took "
+                     f"</code>: one adapter whose update is the mean of theirs{scaled}): {names}; their training took "
                      f"{_seconds(run.train_seconds)} in steps together. Evaluated: "
                      f"<code>{e((selected or {}).get('adapter'))}</code>.")
     elif selected:

@@ -4,6 +4,10 @@ Averaging each adapter's A and B separately is not the average of their updates 
 mean of products), and adapters from different seeds start from different random A. Stacking them along the rank
 instead is exact: [w1·s1·B1, w2·s2·B2] · [A1; A2] = w1·s1·B1·A1 + w2·s2·B2·A2, so the averaged adapter's rank is the
 sum of the ranks, and its scale is folded into B (alpha = r).
+
+`scale` multiplies the averaged update: below 1 it moves the embedder from the adapters' weights toward the base
+model's along the straight line between them (WiSE-FT's weight-space interpolation, Wortsman et al. 2022), exactly,
+since the merged weight is W + scale x mean(update). With a scale, one adapter is enough.
 """
 from __future__ import annotations
 
@@ -24,11 +28,14 @@ SOURCES = "averaged_from.json"
 
 
 def average_adapters(adapters: Sequence[str | Path], out: str | Path,
-                     weights: Sequence[float] | None = None) -> Path:
-    """One adapter in `out` whose update is the weighted mean of the given adapters' updates (uniform by default)."""
-    if len(adapters) < 2:
-        raise ModelError("averaging needs at least two adapters")
-    weights = _normalised(weights, len(adapters))
+                     weights: Sequence[float] | None = None, scale: float = 1.0) -> Path:
+    """One adapter in `out` whose update is `scale` x the weighted mean of the given adapters' updates (uniform
+    by default)."""
+    if not math.isfinite(scale) or scale <= 0:
+        raise ModelError(f"the scale of the averaged update must be > 0, got {scale}")
+    if len(adapters) < (1 if scale != 1 else 2):
+        raise ModelError("averaging needs at least two adapters (or one, with a scale other than 1)")
+    weights = [w * scale for w in _normalised(weights, len(adapters))]
     configs = [_read_config(Path(a)) for a in adapters]
     states = [_read_weights(Path(a)) for a in adapters]
     _check_same_modules(adapters, states)
@@ -40,10 +47,12 @@ def average_adapters(adapters: Sequence[str | Path], out: str | Path,
         elif rank_dim == 1:  # B, carrying each adapter's scale and weight
             scaled = [s[key].float() * _scale(c) * w for s, c, w in zip(states, configs, weights, strict=True)]
             averaged[key] = torch.cat(scaled, dim=1).to(states[0][key].dtype)
+        elif scale != 1:  # a scaled update of a whole weight would need the base weight: not handled
+            raise ModelError(f"cannot scale an adapter that trains whole weights ({key}): give no scale")
         else:  # weights trained whole (modules_to_save): their plain weighted mean
             mean = sum(s[key].float() * w for s, w in zip(states, weights, strict=True))
             averaged[key] = mean.to(states[0][key].dtype)
-    sources = [{"adapter": str(a), "weight": w} for a, w in zip(adapters, weights, strict=True)]
+    sources = [{"adapter": str(a), "weight": w / scale, "scale": scale} for a, w in zip(adapters, weights, strict=True)]
     return _write(Path(out), _averaged_config(configs), averaged, sources, _shared_settings_file(adapters))
 
 
