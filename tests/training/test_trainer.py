@@ -47,6 +47,16 @@ def test_only_lora_parameters_change(tiny_model_dir, tiny_data_dir, tmp_path):
     assert lora and all(p.abs().sum() > 0 for p in lora)  # lora_B starts at zero: non-zero means it trained
 
 
+def test_a_log_gets_the_training_bar_every_half_minute_not_every_step(tiny_model_dir, tiny_data_dir, tmp_path,
+                                                                       capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    train(tiny_config(tiny_model_dir, tiny_data_dir, tmp_path / "run", max_steps=6))
+    bar = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training:")]
+    # Six steps within 30 s: the first draw and the last, with the loss beside it; the loss shown each step must
+    # not force a line per step.
+    assert len(bar) == 2 and "6/6" in bar[-1] and "loss=" in bar[-1]
+
+
 def test_resume_reproduces_the_uninterrupted_losses(tiny_model_dir, tiny_data_dir, tmp_path):
     full = tmp_path / "full"
     train(tiny_config(tiny_model_dir, tiny_data_dir, full))

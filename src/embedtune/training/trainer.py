@@ -168,8 +168,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
             # such as a time budget may resize it from rank 0's clock).
             stop, state.total_steps, state.eval_steps = agree(signals["stop"], state.total_steps, state.eval_steps)
             bar.total = state.total_steps
-            if problem is None:
-                bar.set_postfix(loss=f"{event['loss']:.4f}", tok_s=f"{event['tokens_per_s']:.0f}")
+            if problem is None:  # no forced redraw: in a log that would be a line per step, not per half minute
+                bar.set_postfix(loss=f"{event['loss']:.4f}", tok_s=f"{event['tokens_per_s']:.0f}", refresh=False)
             bar.update(1)
 
             last_step = state.step == state.total_steps
