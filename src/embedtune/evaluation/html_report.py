@@ -245,9 +245,11 @@ def _labels(runs: Sequence[RunView]) -> dict[int, str]:
 
 
 def best_run(runs: Sequence[RunView]) -> RunView | None:
-    """The trained run with the highest average (an averaged adapter is shown beside the runs, not ranked)."""
-    done = [run for run in runs if run.tuned is not None and not run.averaged_from]
-    return max(done, key=lambda run: run.tuned["average"]) if done else None
+    """The trained run with the highest average: an averaged adapter is shown beside the runs, not ranked among
+    them (on a page of its own, it is the one)."""
+    done = [run for run in runs if run.tuned is not None]
+    trained = [run for run in done if not run.averaged_from] or done
+    return max(trained, key=lambda run: run.tuned["average"]) if trained else None
 
 
 def baselines(runs: Sequence[RunView]) -> list[tuple[str, dict]]:
