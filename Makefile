@@ -3,10 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/data
 OUT ?= runs/default
+SOUP_OUT ?= runs/soup
 RUN_ARGS ?=
 PIP := $(PY) -m pip install -q -c constraints-cpu.txt
 
-.PHONY: install run test test-all browser
+.PHONY: install run soup test test-all browser
 
 install: $(VENV)/.installed
 
@@ -26,6 +27,12 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 
 run: install
 	$(VENV)/bin/embedtune run --data-dir $(DATA_DIR) --output-dir $(OUT) --config configs/cpu-quick.yaml $(RUN_ARGS)
+
+# The best recipe measured within the peer's 28 minutes of training (docs/RESULTS.md, "The quality bar"): three
+# runs, two with CoSENT's ranking term, their adapters averaged and the averaged update shrunk to 0.8.
+soup: install
+	$(VENV)/bin/embedtune sweep --data-dir $(DATA_DIR) --output-dir $(SOUP_OUT) --config configs/cpu-quick.yaml \
+		--zip train.seed=1,2,42 --zip train.cosent=0,0.3,0.3 --average-adapters --average-scale 0.8 $(RUN_ARGS)
 
 test: install
 	EMBEDTUNE_DATA_DIR=$(abspath $(DATA_DIR)) $(PY) -m pytest -q
