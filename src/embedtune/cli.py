@@ -399,7 +399,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from embedtune.distributed import launched_ranks
+    from embedtune.distributed import launched_ranks, leave
 
     if getattr(args, "accelerate_config", None) and not launched_ranks().distributed:
         return relaunch_under_accelerate(args, sys.argv[1:] if argv is None else argv)
@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("embedtune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave()
 
 
 if __name__ == "__main__":

@@ -156,6 +156,13 @@ def join(device: torch.device) -> Ranks:
     return Ranks(state.process_index, state.num_processes, state.local_process_index, launched=True)
 
 
+def leave() -> None:
+    """Tear down the process group before the interpreter exits: left to exit, a rank's communication threads can
+    abort it ("terminate called without an active exception") after its work is done and its files are written."""
+    if is_joined():
+        torch.distributed.destroy_process_group()
+
+
 def is_joined() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 

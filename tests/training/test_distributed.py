@@ -250,6 +250,18 @@ def test_a_rank_that_dies_stops_the_others_in_bounded_time(model_dirs, uneven_da
     assert time.monotonic() - killed < 90, output[-2000:]
 
 
+def test_a_command_tears_down_its_process_group_even_when_it_fails(tmp_path, capsys):
+    """Left to the interpreter's exit, a rank's gloo threads sometimes aborted it after its work was done."""
+    from embedtune.cli import main
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                                         world_size=1)
+    missing = tmp_path / "no-such-adapter"
+    assert main(["average-adapters", str(missing), "--scale", "0.5", "--out", str(tmp_path / "out")]) == 2
+    assert "no-such-adapter" in capsys.readouterr().err
+    assert not torch.distributed.is_initialized()
+
+
 def test_distributed_eval_scores_equal_one_process(tiny_model_dir, tiny_data_dir, tmp_path):
     from embedtune.api import evaluate
 
