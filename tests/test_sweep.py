@@ -111,6 +111,7 @@ def test_zipped_fields_move_together_and_cross_the_grid():
     (["--grid", "lora.r=2,4", "--average-scale", "0.5"], "--average-scale scales the averaged adapters: give "
                                                          "--average-adapters too"),
     (["--grid", "lora.r=2,4", "--average-adapters", "--average-scale", "0"], "--average-scale must be > 0, got 0.0"),
+    (["--grid", "lora.r=2", "--average-adapters"], "--average-adapters: the grid has one run, nothing to average"),
 ])
 def test_a_bad_zip_or_average_fails_in_one_line_before_any_model_loads(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Embedder, "from_config", lambda *a, **k: pytest.fail("a model was loaded"))

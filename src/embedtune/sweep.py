@@ -488,6 +488,9 @@ def check_averageable(runs: Sequence[SweepRun], scale: float = 1.0) -> None:
     may differ): checked before any run starts."""
     if not math.isfinite(scale) or scale <= 0:
         raise ConfigError(f"--average-scale must be > 0, got {scale}")
+    if len(runs) < 2 and scale == 1:
+        raise ConfigError("--average-adapters: the grid has one run, nothing to average (give --average-scale to "
+                          "scale its update)")
     first = runs[0].config
     for run in runs[1:]:
         for section in ("model", "lora", "eval"):
