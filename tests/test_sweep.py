@@ -260,6 +260,7 @@ def test_averaged_adapters_are_the_scaled_mean_update_of_the_runs_scored_beside_
     assert f"| averaged (4 runs) | done | {tuned['tasks']['sts12']['spearman']:.2f} |" in markdown
     page = (out / "report.html").read_text()
     assert page.count("<section class=run ") == 5 and "The adapters of 4 runs averaged" in page
+    assert f"4 runs: 4 done; their adapters averaged: {tuned['average']:.2f}." in page
     assert "zipped: the i-th values" in page and "the mean of theirs times 0.5" in page
     own_page = (out / "averaged" / "report.html").read_text()
     assert "Best run: <b>averaged (4 runs)</b>" not in own_page and "<b>averaged</b>" in own_page

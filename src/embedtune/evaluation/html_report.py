@@ -307,6 +307,8 @@ def _sweep_summary(source: Source) -> str:
     grid = "".join(f"<li><code>{e(g.get('field'))}</code> = {', '.join(_value(v) for v in g.get('values', []))}"
                    f"{together if g.get('zip') else ''}</li>" for g in source.grid)
     state = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no runs"
+    if source.averaged and source.averaged.tuned:
+        state += f"; their adapters averaged: {source.averaged.tuned['average']:.2f}"
     return (f"<section><h2>Sweep <code>{e(source.path)}</code></h2><p>{len(source.runs)} runs: {e(state)}.</p>"
             f"<ul>{grid}</ul></section>")
 
