@@ -45,7 +45,7 @@ def run_experiment(config: Config, base: dict | None = None) -> dict:
     # rank 0 alone writes into OUTPUT and prints.
     main = launched_ranks().is_main
     check_launch(config.train.batch_size)  # a world size that does not divide the batch fails before any work
-    evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
+    evaluator = evaluator_for(config)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for name in RESULT_FILES + (() if config.train.resume else (PLAN_FILE,)):
@@ -210,6 +210,11 @@ def _report_markdown(config: Config, report: dict, plots: list[Path], out: Path,
     for plot in plots:
         text += f"\n![{plot.stem}]({plot.name})\n"
     return text
+
+
+def evaluator_for(config: Config) -> STSEvaluator:
+    """The evaluation the config asks for: its tasks, read from its data folder, at its batch size."""
+    return STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
 
 
 def evaluate_model(config: Config, evaluator: STSEvaluator, adapter: str | Path | None = None) -> dict:

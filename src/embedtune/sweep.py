@@ -76,8 +76,14 @@ from embedtune.evaluation.html_report import (
     write_run_page,
 )
 from embedtune.evaluation.report import DISPLAY_NAMES
-from embedtune.evaluation.sts import STSEvaluator
-from embedtune.experiment import RESULT_FILES, complete_result, evaluate_model, run_experiment, write_result
+from embedtune.experiment import (
+    RESULT_FILES,
+    complete_result,
+    evaluate_model,
+    evaluator_for,
+    run_experiment,
+    write_result,
+)
 from embedtune.files import read_json_or, write_file_atomically, write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -370,8 +376,7 @@ class Baselines:
             raise self.failures[key]
         path = self.folder / f"{key}.json"
         try:
-            evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir,
-                                                batch_size=config.eval.batch_size)
+            evaluator = evaluator_for(config)
             result = complete_result(path, evaluator) if path.is_file() else None
             if result is None:
                 print(f"baseline evaluation of {config.model.name} (prompt {config.model.prompt!r}), once for the "
@@ -546,8 +551,7 @@ def _average_and_score(runs: Sequence[SweepRun], folder: Path, bases: Baselines,
     adapter = average_adapters(adapters, folder / "adapter", scale=scale)
     config = runs[0].config  # every run's model, LoRA targets and evaluation are the same (check_averageable)
     base = bases.get(config)
-    evaluator = STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
-    tuned = evaluate_model(config, evaluator, adapter)
+    tuned = evaluate_model(config, evaluator_for(config), adapter)
     train_seconds = [load_run(run.dir).train_seconds for run in runs]
     return {"base": base, "tuned": tuned, "gain": tuned["average"] - base["average"], "plan": None,
             "seconds": round(time.perf_counter() - started, 1),
@@ -644,7 +648,7 @@ def write_sweep_report(out: Path) -> dict:
     source = load_sweep(out)
     runs = source.runs
     best = best_run(runs)
-    averaged = read_json_or(out / SWEEP_FILE).get("averaged")  # its state, when the sweep averages
+    averaged = source.averaged_state
     summary = {"runs": [_run_summary(run) for run in runs],
                "baselines": [{"label": label, **_scores(result)} for label, result in baselines(runs)],
                "best": best.name if best else None,
