@@ -85,6 +85,7 @@ class Source:
     runs: list[RunView]
     grid: list[dict] = field(default_factory=list)
     averaged: RunView | None = None  # the sweep's runs' adapters averaged (sweep --average-adapters)
+    averaged_state: dict | None = None  # its state in sweep.json (status, error), when the sweep averages
 
     @property
     def shown(self) -> list[RunView]:
@@ -130,7 +131,8 @@ def load_sweep(path: Path) -> Source:
     runs = [load_run(path / run.get("dir", f"runs/{run['name']}"), run["name"], run.get("status"), run.get("error"),
                      run.get("overrides"), config=run.get("config"))
             for run in state["runs"] if isinstance(run, dict) and isinstance(run.get("name"), str)]
-    return Source(path, "sweep", runs, state.get("grid", []), _averaged(path, [run.name for run in runs]))
+    return Source(path, "sweep", runs, state.get("grid", []), _averaged(path, [run.name for run in runs]),
+                  state.get("averaged"))
 
 
 def _averaged(path: Path, names: list[str]) -> RunView | None:
