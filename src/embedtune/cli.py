@@ -44,7 +44,8 @@ TRAIN_FLAGS = {name: ("train", name) for name in (
 TRAIN_FLAGS |= {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
                 "lora_targets": ("lora", "targets"), "eval_batch_size": ("eval", "batch_size"),
                 "tasks": ("eval", "tasks")}
-RUN_FLAGS = {"time_budget": ("train", "time_budget"), "select": ("train", "select")}  # `run` only
+RUN_FLAGS = {"time_budget": ("train", "time_budget"), "select": ("train", "select"),
+             "cache": ("eval", "cache")}  # `run` only
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -137,6 +138,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "select", choices=SELECTIONS,
           help="adapter to evaluate and report: best by STSBenchmark dev score (default; the final one when no dev "
                "evaluation ran) or final")
+    _switch(p, "cache", "reuse the base model's evaluation from the cache, keyed by the model, the evaluation "
+                        "settings and the data files' content (default on; --no-cache scores it again)")
 
 
 LAUNCH_FLAGS = ("--accelerate-config", "--num-processes")  # consumed here, never passed on to the ranks

@@ -129,6 +129,9 @@ class EvalConfig:
     # Retrieval tasks: templates ('{}' marks the text) replacing model.prompt for queries / documents; None: keep it.
     query_prompt: str | None = None
     document_prompt: str | None = None
+    # `run` and `sweep`: reuse a base model's evaluation from the cache (keyed by the model, the evaluation
+    # settings and the data files' content); False scores it again.
+    cache: bool = True
 
 
 @dataclass
