@@ -24,7 +24,7 @@ from embedtune.files import write_text_atomically
 from embedtune.models.backend import Backend
 from embedtune.models.embedder import Embedder
 from embedtune.models.lora import ADAPTER_CONFIG
-from embedtune.training.budget import TimeBudget, format_duration
+from embedtune.training.budget import REPORT_S, TimeBudget, format_duration
 from embedtune.training.callbacks import Callback, TrainState
 from embedtune.training.metrics import METRICS
 from embedtune.training.trainer import dev_evaluator, train
@@ -163,7 +163,7 @@ def time_budget(config: Config, base: dict, started: float) -> TimeBudget:
     dev_s = per_sentence * len(dev.unique_sentences) if dev is not None else 0.0
     budget_s = parse_duration(config.train.time_budget) if config.train.time_budget else None
     return TimeBudget(budget_s, started, final_eval_s=base["seconds"], dev_eval_s=dev_s,
-                      eval_steps=config.train.eval_steps)
+                      eval_steps=config.train.eval_steps, report_s=REPORT_S)
 
 
 def _keep_plan(budget: TimeBudget, path: Path) -> dict | None:

@@ -74,3 +74,53 @@ def test_run_with_a_budget_reports_its_plan(tiny_model_dir, tiny_data_dir, tmp_p
     assert report["plan"]["budget_s"] == 600 and report["plan"]["steps"] == 6  # a tiny model fits easily
     assert "plan: 6 steps" in capsys.readouterr().out
     assert "within a budget of 10 min 00 s" in (out / "report.md").read_text()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(step_s, budget_s: float, total: int, eval_steps: int = 0, dev_eval_s: float = 0.0,
+             dev_real_s: float = 0.0, final_eval_s: float = 10.0, load_s: float = 0.0) -> tuple[TrainState, float]:
+    """A budgeted run on a fake clock: `step_s(step)` wall seconds per step, dev evaluations taking `dev_real_s`;
+    returns the state and when the final evaluation would end if it took final_eval_s x dev_real_s / dev_eval_s."""
+    clock = FakeClock()
+    budget = TimeBudget(budget_s, 0.0, final_eval_s=final_eval_s, dev_eval_s=dev_eval_s, eval_steps=eval_steps,
+                        clock=clock)
+    state = TrainState(output_dir=None, step=0, total_steps=total, eval_steps=eval_steps, embedder=None,
+                       loss_fn=None, optimizer=None)
+    clock.now += load_s
+    budget.on_train_start(state)
+    while state.step < state.total_steps:
+        seconds = step_s(state.step + 1)
+        clock.now += seconds
+        state.step += 1
+        budget.on_step_end(state, {"seconds": seconds})
+        if state.eval_steps and (state.step % state.eval_steps == 0 or state.step == state.total_steps):
+            clock.now += dev_real_s
+            budget.on_evaluate(state, {})
+    ratio = dev_real_s / dev_eval_s if dev_eval_s else 1.0
+    return state, clock.now + load_s + final_eval_s * ratio
+
+
+def test_steps_that_slow_down_after_the_plan_shrink_the_run_to_the_budget():
+    # Planned on 1 s steps, then every step takes 2 s: without re-planning the run would end near 180 s.
+    state, ends = simulate(lambda step: 1.0 if step <= PROBE_STEPS else 2.0, budget_s=100, total=200)
+    assert ends <= 100 and ends >= 97  # held, and not by stopping far too early
+    assert state.total_steps < 85  # the first plan's count (85% of 90 s at 1 s a step, +3)
+
+
+def test_measured_dev_evaluations_rescale_the_final_evaluation():
+    # The dev evaluation was estimated at 1 s and takes 3 s (unmerged LoRA layers): the final one is scaled alike.
+    state, ends = simulate(lambda step: 1.0, budget_s=200, total=500, eval_steps=20, dev_eval_s=1.0, dev_real_s=3.0,
+                           final_eval_s=20.0, load_s=5.0)
+    assert ends <= 200 and ends >= 194
+
+
+def test_a_run_within_its_budget_is_not_shortened():
+    state, ends = simulate(lambda step: 1.0, budget_s=1000, total=50)
+    assert state.total_steps == 50 and ends == pytest.approx(60.0)
