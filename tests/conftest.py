@@ -357,3 +357,15 @@ def tiny_tasks_data_dir(tiny_data_dir, tmp_path_factory) -> Path:
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
         f"{q}\t{d}\t{s}\n" for q, d, s in rows), encoding="utf-8")
     return root
+
+
+# ---- the user's cache of base-model evaluations ----------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def tiny_baseline_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test its own cache of base-model evaluations (`run` and `sweep` reuse one across runs, keyed by the
+    model, settings and data), in this process and the ones it starts: a test never finds another test's scores,
+    and none lands in the user's cache."""
+    folder = tmp_path_factory.mktemp("baseline_cache")
+    monkeypatch.setenv("EMBEDTUNE_BASELINE_CACHE", str(folder))
+    return folder

@@ -16,7 +16,7 @@ PACKAGE = Path(embedtune.__file__).parent
 LAYERS = {
     "config": 0, "errors": 0, "files": 0, "runtime": 0, "distributed": 0, "progress": 0, "extras": 0,
     "models": 1, "data": 1, "losses": 1,
-    "training": 2, "evaluation": 2, "export": 2, "serve": 2, "encode_files": 2, "experiment": 2, "sweep": 2,
+    "training": 2, "evaluation": 2, "export": 2, "serve": 2, "encode_files": 2, "experiment": 2, "sweep": 2, "runs": 2,
     "mteb_model": 2,
     "api": 3,
     "cli": 4, "launch": 4, "__main__": 4, "__init__": 4,

@@ -10,7 +10,7 @@ from embedtune.cli import main
 from embedtune.evaluation.sts import STSEvaluator
 
 EVAL_KEYS = {"model", "pooling", "prompt", "tasks", "average", "std", "seconds", "sentences", "unique_sentences",
-             "sentences_per_s"}
+             "sentences_per_s", "computed_with"}
 
 
 def test_eval_writes_the_json_contract_and_a_markdown_table(tiny_model_dir, tiny_data_dir, tmp_path, capsys):

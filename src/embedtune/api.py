@@ -17,7 +17,8 @@ from embedtune.config import Config, ModelConfig
 def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence[str] | None = None,
              data_dir: str | None = None, output: str | Path | None = None, show_progress: bool = True,
              **model_options: Any) -> dict:
-    """Nine-set (or chosen-task) STS scores of a model: the dict that `embedtune eval` writes as JSON.
+    """Nine-set (or chosen-task) STS scores of a model: the dict that `embedtune eval` writes as JSON, with
+    "computed_with" (precision, and the probe's figure where `auto` chose it; device; library versions).
 
     `tasks` may mix kinds (STS, pair classification, retrieval; evaluation/suite.py): the STS keys stay as they
     are, the other kinds come in sections `pair_classification` and `retrieval`.
@@ -30,6 +31,7 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
     from embedtune.evaluation.suite import EvaluationSuite
     from embedtune.models.backend import Backend
     from embedtune.models.embedder import Embedder
+    from embedtune.runs.environment import computed_with
 
     config = copy.deepcopy(config) if config is not None else Config()
     if isinstance(model, str):
@@ -48,6 +50,9 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
     embedder = model if isinstance(model, Embedder) else Embedder.from_config(
         config.model, backend=Backend.for_launch(config.model.device, config.eval.precision))
     result = evaluator(embedder)
+    # How it was computed: a caller's own Embedder was built with a precision we were not told.
+    asked = None if isinstance(model, Embedder) else config.eval.precision
+    result["computed_with"] = computed_with(embedder.backend, asked).to_dict()
     if (output or config.eval.output) and is_main():
         write_eval_outputs(result, output or config.eval.output)
     return result

@@ -13,7 +13,8 @@ import pytest
 
 from embedtune.cli import main
 from embedtune.config import Config
-from embedtune.evaluation.html_report import environment, load_source, render_html, write_html_report
+from embedtune.evaluation.html_report import render_html, write_html_report
+from embedtune.runs import environment, load_source
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>"

@@ -11,7 +11,7 @@ from embedtune.evaluation.report import eval_markdown
 from embedtune.evaluation.suite import EvaluationSuite
 
 STS_KEYS = {"model", "pooling", "prompt", "tasks", "average", "std", "seconds", "sentences", "unique_sentences",
-            "sentences_per_s"}
+            "sentences_per_s", "computed_with"}
 FLAGS = ["--batch-size", "8", "--precision", "fp32"]
 
 

@@ -11,199 +11,34 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
-import os
-import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from embedtune.config import Config
-from embedtune.data.sts import ALL_TASKS
 from embedtune.errors import ConfigError
-from embedtune.evaluation.report import DISPLAY_NAMES, pyplot, read_metrics
-from embedtune.files import read_json_or, write_text_atomically
+from embedtune.evaluation.report import (
+    DISPLAY_NAMES,
+    averages_png,
+    dev_curves_png,
+    plots_available,
+    task_columns,
+)
+from embedtune.files import write_text_atomically
+from embedtune.runs.layout import REPORT_HTML
+from embedtune.runs.reading import RunView, Source, baselines, best_run, load_run, load_source
+from embedtune.runs.records import Environment, EvalResult, RunReport
 
-SWEEP_FILE = "sweep.json"  # written by embedtune.sweep: the plan and each run's state
-ENVIRONMENT_FILE = "environment.json"  # versions and hardware of the process that finished the run
-REPORT_HTML = "report.html"
-AVERAGED_DIR = "averaged"  # in a sweep folder: its runs' adapters averaged (sweep --average-adapters)
-RUN_MARKERS = ("report.json", "base.json", "config.json", "metrics.jsonl")
-RUN_PLOTS = ("loss.png", "dev_spearman.png")  # drawn by the trainer
-VERSIONED = ("embedtune", "torch", "transformers", "peft")
 HARDWARE_LABELS = {"cpu": "CPU", "logical_cores": "logical cores", "physical_cores": "physical cores",
                    "memory_gib": "memory (GiB)"}
-# How a sweep's recorded state reads once the folder is looked at: a "running" run whose report.json is missing
-# was interrupted (the sweep was killed or stopped during it).
-RECORDED_STATUS = {"running": "interrupted", "done": "interrupted", "failed": "failed", "pending": "pending"}
-
-
-@dataclass
-class RunView:
-    """What one run folder holds, as the page shows it."""
-
-    name: str
-    path: Path
-    status: str  # done | failed | interrupted | pending | unfinished (a plain run folder without report.json)
-    error: str | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
-    report: dict | None = None
-    base: dict | None = None
-    config: dict | None = None
-    data_report: dict | None = None
-    environment: dict | None = None
-    events: list[dict] = field(default_factory=list)
-    averaged_from: list[str] = field(default_factory=list)  # a sweep's averaged adapter: the runs it averages
-
-    @property
-    def tuned(self) -> dict | None:
-        return self.report["tuned"] if self.report and self.status == "done" else None
-
-    @property
-    def train_seconds(self) -> float | None:
-        """Seconds spent in training steps (metrics.jsonl; a resumed run's steps count once); an averaged
-        adapter's: its runs' together."""
-        if self.averaged_from:
-            return (self.report or {}).get("train_seconds")
-        steps = [e["seconds"] for e in self.events if ("loss" in e or "skipped" in e) and "seconds" in e]
-        return sum(steps) if steps else None
-
-    @property
-    def dev_curve(self) -> list[tuple[int, float]]:
-        return [(e["step"], sum(e["eval"].values()) / len(e["eval"])) for e in self.events if e.get("eval")]
-
-
-@dataclass
-class Source:
-    """A folder given to the report: one run, or a sweep with its runs."""
-
-    path: Path
-    kind: str  # run | sweep
-    runs: list[RunView]
-    grid: list[dict] = field(default_factory=list)
-    averaged: RunView | None = None  # the sweep's runs' adapters averaged (sweep --average-adapters)
-    averaged_state: dict | None = None  # its state in sweep.json (status, error), when the sweep averages
-
-    @property
-    def shown(self) -> list[RunView]:
-        """The rows of the page: every run, then the averaged adapter."""
-        return self.runs + ([self.averaged] if self.averaged else [])
-
-
-# ---- reading folders ------------------------------------------------------------------------------------------
-
-def load_run(path: Path, name: str | None = None, recorded: str | None = None, error: str | None = None,
-             overrides: dict[str, str] | None = None, report: dict | None = None,
-             config: dict | None = None) -> RunView:
-    """A run folder's files; `report` stands in for report.json (a run renders its page just before writing it),
-    `config` for config.json (which a run that failed before training never wrote)."""
-    path = Path(path)
-    report = report if report is not None else _json(path / "report.json")
-    if report is not None:
-        status, error = "done", None
-    else:
-        status = RECORDED_STATUS.get(recorded, "unfinished") if recorded else "unfinished"
-    base = report["base"] if report else _json(path / "base.json")
-    return RunView(name or path.name, path, status, error, dict(overrides or {}), report, base,
-                   _json(path / "config.json") or config, _json(path / "data_report.json"),
-                   _json(path / ENVIRONMENT_FILE), _events(path), list((report or {}).get("averaged_from") or []))
-
-
-def _json(path: Path) -> dict | None:
-    """A side file's mapping; None when it is absent or unreadable (a run killed before writing it)."""
-    return read_json_or(path) or None
-
-
-def _events(path: Path) -> list[dict]:
-    try:
-        return read_metrics(path / "metrics.jsonl")
-    except (OSError, ValueError):  # a line cut by a kill: the curve is shown up to it elsewhere; here, none
-        return []
-
-
-def load_sweep(path: Path) -> Source:
-    state = read_json_or(path / SWEEP_FILE)
-    if not isinstance(state.get("runs"), list):
-        raise ConfigError(f"{path / SWEEP_FILE}: not a sweep state file (no list of runs)")
-    runs = [load_run(path / run.get("dir", f"runs/{run['name']}"), run["name"], run.get("status"), run.get("error"),
-                     run.get("overrides"), config=run.get("config"))
-            for run in state["runs"] if isinstance(run, dict) and isinstance(run.get("name"), str)]
-    return Source(path, "sweep", runs, state.get("grid", []), _averaged(path, [run.name for run in runs]),
-                  state.get("averaged"))
-
-
-def _averaged(path: Path, names: list[str]) -> RunView | None:
-    """The sweep's averaged adapter (OUTPUT/averaged), if one was made of exactly these runs."""
-    report = _json(path / AVERAGED_DIR / "report.json")
-    if not report or report.get("averaged_from") != names:
-        return None
-    return load_run(path / AVERAGED_DIR, f"averaged ({len(names)} runs)", report=report)
-
-
-def load_source(path: str | Path) -> Source:
-    path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"{path}: no such folder")
-    if (path / SWEEP_FILE).is_file():
-        return load_sweep(path)
-    if any((path / marker).exists() for marker in RUN_MARKERS):
-        return Source(path, "run", [load_run(path)])
-    raise ConfigError(f"{path}: neither a run folder (none of {', '.join(RUN_MARKERS)}) nor a sweep folder "
-                      f"({SWEEP_FILE})")
-
-
-# ---- environment ----------------------------------------------------------------------------------------------
-
-def environment() -> dict[str, Any]:
-    """Versions (embedtune, torch, transformers, peft, python) and hardware (CPU, cores, memory, GPUs) of this
-    process, for environment.json."""
-    import importlib.metadata as metadata
-
-    import psutil
-
-    versions: dict[str, str | None] = {}
-    for package in VERSIONED:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    versions["python"] = platform.python_version()
-    hardware = {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
-                "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-                "gpus": gpus()}
-    return {"versions": versions, "hardware": hardware, "recorded": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def gpus() -> list[dict[str, Any]]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    found = []
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        found.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)})
-    return found
 
 
 # ---- writing --------------------------------------------------------------------------------------------------
 
-def write_run_page(out: Path, report: dict) -> Path:
-    """environment.json and report.html of a finishing run (`run` calls it just before writing report.json)."""
-    write_text_atomically(out / ENVIRONMENT_FILE, json.dumps(environment(), indent=2) + "\n")
+def write_run_page(out: Path, report: RunReport) -> Path:
+    """report.html of a finishing run (`run` calls it just before writing report.json, which it stands in for)."""
     page = render_html([Source(out, "run", [load_run(out, report=report)])])
     return write_text_atomically(out / REPORT_HTML, page)
 
@@ -246,53 +81,13 @@ def _labels(runs: Sequence[RunView]) -> dict[int, str]:
     return {id(run): run.name if names.count(run.name) == 1 else str(run.path) for run in runs}
 
 
-def best_run(runs: Sequence[RunView]) -> RunView | None:
-    """The trained run with the highest average: an averaged adapter is shown beside the runs, not ranked among
-    them (on a page of its own, it is the one)."""
-    done = [run for run in runs if run.tuned is not None]
-    trained = [run for run in done if not run.averaged_from] or done
-    return max(trained, key=lambda run: run.tuned["average"]) if trained else None
-
-
-def baselines(runs: Sequence[RunView]) -> list[tuple[str, dict]]:
-    """The distinct base-model evaluations among the runs, labelled by what tells them apart."""
-    found: dict[str, dict] = {}
-    for run in runs:
-        if run.base and isinstance(run.base.get("tasks"), dict):
-            key = json.dumps({k: run.base.get(k) for k in ("model", "pooling", "prompt", "tasks")}, sort_keys=True)
-            found.setdefault(key, run.base)
-    results = list(found.values())
-    varying = [k for k in ("model", "pooling", "prompt") if len({json.dumps(r.get(k)) for r in results}) > 1]
-    labelled = []
-    for i, result in enumerate(results):
-        detail = ", ".join(f"{k} {result.get(k)!r}" for k in varying)
-        label = f"base model ({detail})" if detail else "base model"
-        labelled.append((label if detail or len(results) == 1 else f"{label} #{i + 1}", result))
-    return labelled
-
-
-def task_columns(results: Sequence[dict]) -> list[str]:
-    names = {name for result in results for name in result.get("tasks", {})}
-    return [t for t in ALL_TASKS if t in names] + sorted(names - set(ALL_TASKS))
-
-
-def task_score(result: dict | None, task: str) -> float | None:
-    """A task's number: Spearman x100 for STS, the task's main score for other kinds (pairs: AP, retrieval:
-    nDCG@10)."""
-    entry = (result or {}).get("tasks", {}).get(task) or {}
-    value = entry.get("spearman", entry.get("main_score"))
-    return value if isinstance(value, (int, float)) else None
-
-
-def _score(result: dict | None, task: str) -> str:
-    value = task_score(result, task)
+def _score(result: EvalResult | None, task: str) -> str:
+    value = result.score(task) if result else None
     return f"{value:.2f}" if value is not None else "–"
 
 
-def _average(result: dict | None) -> str:
-    if not result or not isinstance(result.get("average"), (int, float)):
-        return "–"
-    return f"{result['average']:.2f} ± {result['std']:.2f}"
+def _average(result: EvalResult | None) -> str:
+    return f"{result.average:.2f} ± {result.std:.2f}" if result and result.has_average else "–"
 
 
 def _seconds(value: float | None) -> str:
@@ -309,8 +104,8 @@ def _sweep_summary(source: Source) -> str:
     grid = "".join(f"<li><code>{e(g.get('field'))}</code> = {', '.join(_value(v) for v in g.get('values', []))}"
                    f"{together if g.get('zip') else ''}</li>" for g in source.grid)
     state = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no runs"
-    if source.averaged and source.averaged.tuned:
-        state += f"; their adapters averaged: {source.averaged.tuned['average']:.2f}"
+    if source.averaged and source.averaged.tuned and source.averaged.tuned.has_average:
+        state += f"; their adapters averaged: {source.averaged.tuned.average:.2f}"
     return (f"<section><h2>Sweep <code>{e(source.path)}</code></h2><p>{len(source.runs)} runs: {e(state)}.</p>"
             f"<ul>{grid}</ul></section>")
 
@@ -334,26 +129,29 @@ def _results_section(runs: Sequence[RunView], labels: dict[int, str]) -> str:
                     + "".join(f"<td class=num>{_score(run.tuned, t)}</td>" for t in columns)
                     + f"<td class=num>{_average(run.tuned)}</td>"
                     f"<td class=num>{_seconds(run.train_seconds if run.tuned else None)}</td></tr>")
-    best_text = (f"<p class=best-run>Best run: <b>{e(labels[id(best)])}</b>, average {best.tuned['average']:.2f} "
-                 f"± {best.tuned['std']:.2f}{_gain(best)}.</p>" if best else "<p>No run has finished.</p>")
+    best_text = (f"<p class=best-run>Best run: <b>{e(labels[id(best)])}</b>, average {_average(best.tuned)}"
+                 f"{_gain(best)}.</p>" if best else "<p>No run has finished.</p>")
     return (f"<section><h2>Results</h2>{best_text}<table class=results><thead><tr><th>run</th><th>status</th>{head}"
             f"<th>average ± std</th><th>training time</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
             "</section>")
 
 
 def _gain(run: RunView) -> str:
-    gain = run.report.get("gain") if run.report else None
+    gain = run.report.gain if run.report else None
     return f" ({gain:+.2f} over its base model)" if isinstance(gain, (int, float)) else ""
 
 
 def _plots_section(runs: Sequence[RunView], labels: dict[int, str]) -> str:
+    if not plots_available():  # the core install draws none (matplotlib comes with the 'report' extra)
+        return ""
     images = []
     curves = [(labels[id(run)], run.dev_curve) for run in runs if run.dev_curve]
     if len(curves) > 1 or (curves and len(runs) > 1):
         images.append(_img(dev_curves_png(curves), "STSBenchmark dev Spearman of every run against step"))
-    bars = [(label, result["average"], "base") for label, result in baselines(runs)]
+    bars = [(label, result.average, "base") for label, result in baselines(runs) if result.has_average]
     best = best_run(runs)
-    bars += [(labels[id(run)], run.tuned["average"], bar_kind(run, best)) for run in runs if run.tuned]
+    bars += [(labels[id(run)], run.tuned.average, bar_kind(run, best)) for run in runs
+             if run.tuned and run.tuned.has_average]
     if bars:
         images.append(_img(averages_png(bars), "average Spearman of the base model(s) and every finished run"))
     return f"<section><h2>Plots</h2>{''.join(images)}</section>" if images else ""
@@ -382,10 +180,10 @@ def _run_section(run: RunView, label: str, index: int) -> str:
         rows = "".join(f"<tr><td>{e(str(k).replace('_', ' '))}</td><td class=num>{e(v)}</td></tr>"
                        for k, v in run.data_report.items())
         parts.append(f"<h3>Training data cleaning</h3><table class=kv><tbody>{rows}</tbody></table>")
-    plots = [run.path / name for name in RUN_PLOTS if (run.path / name).is_file()]
+    plots = run.plots()
     if plots:
-        parts.append("<div class=plots>" + "".join(_img(p.read_bytes(), f"{label}: {p.stem.replace('_', ' ')}")
-                                                   for p in plots) + "</div>")
+        parts.append("<div class=plots>" + "".join(_img(png, f"{label}: {stem.replace('_', ' ')}")
+                                                   for stem, png in plots) + "</div>")
     if run.config:
         parts.append(_config_table(run.config))
     parts.append("</section>")
@@ -398,19 +196,36 @@ def _comparison(run: RunView) -> str:
     columns = task_columns([r for r in (run.base, run.tuned) if r])
     rows = []
     for task in columns + ["average"]:
-        base = task_score(run.base, task) if task != "average" else (run.base or {}).get("average")
-        tuned = task_score(run.tuned, task) if task != "average" else (run.tuned or {}).get("average")
+        base, tuned = (_number(r, task) for r in (run.base, run.tuned))
         gain = f"{tuned - base:+.2f}" if isinstance(base, (int, float)) and isinstance(tuned, (int, float)) else "–"
         name = "Average" if task == "average" else DISPLAY_NAMES.get(task, task)
         shown = (_average(run.base), _average(run.tuned)) if task == "average" else \
             (_score(run.base, task), _score(run.tuned, task))
         rows.append(f"<tr{' class=avg' if task == 'average' else ''}><td>{e(name)}</td><td class=num>{shown[0]}</td>"
                     f"<td class=num>{shown[1]}</td><td class=num>{gain}</td></tr>")
-    model = (run.base or run.tuned or {}).get("model")
-    prompt = (run.base or run.tuned or {}).get("prompt")
-    return (f"<p>Model <code>{e(model)}</code>, pooling {e((run.base or run.tuned or {}).get('pooling'))}, prompt "
-            f"{_value(prompt if prompt is not None else 'none')}.</p><table class=results><thead><tr><th>task</th>"
-            f"<th>base</th><th>tuned</th><th>gain</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    shown = run.base or run.tuned
+    prompt = shown.prompt if shown.prompt is not None else "none"
+    return (f"<p>Model <code>{e(shown.model)}</code>, pooling {e(shown.pooling)}, prompt {_value(prompt)}.</p>"
+            f"{_computed(run)}<table class=results><thead><tr><th>task</th><th>base</th><th>tuned</th><th>gain</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _number(result: EvalResult | None, task: str) -> float | None:
+    if result is None:
+        return None
+    return result.score(task) if task != "average" else (result.average if result.has_average else None)
+
+
+def _computed(run: RunView) -> str:
+    """What the scores were computed with, and where a reused baseline came from."""
+    lines = []
+    for label, result in (("base", run.base), ("tuned", run.tuned)):
+        if result and result.computed_with:
+            lines.append(f"{label}: computed with {e(result.computed_with.describe())}")
+    reused = run.report.base.reused if run.report and run.report.base else None
+    if reused:
+        lines.append(f"base: reused from the {e(reused.source)} (<code>{e(reused.path)}</code>)")
+    return f"<p class=meta>{'<br>'.join(lines)}</p>" if lines else ""
 
 
 def _training_text(run: RunView) -> str:
@@ -422,24 +237,23 @@ def _training_text(run: RunView) -> str:
         skipped = sum("skipped" in ev for ev in run.events)
         lines.append(f"Training: {len(steps)} steps, final loss {steps[-1]['loss']:.4f}, mean {tokens:.0f} tokens/s, "
                      f"{_seconds(run.train_seconds)} in steps" + (f", {skipped} skipped" if skipped else "") + ".")
-    selected = (run.report or {}).get("selected")
+    report = run.report or RunReport()
+    selected = report.selected
     if run.averaged_from:
         names = e(", ".join(run.averaged_from))
-        scale = run.report.get("scale", 1.0)
+        scale = report.scale if report.scale is not None else 1.0
         scaled = f" times {e(scale)}" if scale != 1 else ""
         lines.append(f"The adapters of {len(run.averaged_from)} runs averaged (<code>embedtune average-adapters"
                      f"</code>: one adapter whose update is the mean of theirs{scaled}): {names}; their training took "
-                     f"{_seconds(run.train_seconds)} in steps together. Evaluated: "
-                     f"<code>{e((selected or {}).get('adapter'))}</code>.")
+                     f"{_seconds(run.train_seconds)} in steps together. Evaluated: <code>{e(report.adapter)}</code>.")
     elif selected:
-        dev = f", STSBenchmark dev {selected['dev_score']:.2f}" if selected.get("dev_score") is not None else ""
-        lines.append(f"Evaluated: the {e(selected.get('by'))} adapter (step {e(selected.get('step'))}{dev}), "
-                     f"<code>{e(selected.get('adapter'))}</code>.")
-    plan = (run.report or {}).get("plan")
+        dev = f", STSBenchmark dev {selected.dev_score:.2f}" if selected.dev_score is not None else ""
+        lines.append(f"Evaluated: the {e(selected.by)} adapter (step {e(selected.step)}{dev}), "
+                     f"<code>{e(selected.adapter)}</code>.")
+    plan = report.plan
     if plan:
-        lines.append(f"Plan: {e(plan.get('steps'))} steps, dev evaluation every {e(plan.get('eval_steps'))} steps, "
-                     f"estimated {_seconds(plan.get('estimated_s'))}; the run took "
-                     f"{_seconds(run.report.get('seconds'))}.")
+        lines.append(f"Plan: {e(plan.steps)} steps, dev evaluation every {e(plan.eval_steps)} steps, "
+                     f"estimated {_seconds(plan.estimated_s)}; the run took {_seconds(report.seconds)}.")
     return "".join(f"<p>{line}</p>" for line in lines)
 
 
@@ -463,10 +277,10 @@ def _config_table(config: dict) -> str:
 
 def _environment_section(runs: Sequence[RunView], labels: dict[int, str]) -> str:
     groups: dict[str, list[str]] = {}
-    shown: dict[str, dict] = {}
+    shown: dict[str, Environment] = {}
     for run in runs:
         if run.environment:
-            key = json.dumps({k: run.environment.get(k) for k in ("versions", "hardware")}, sort_keys=True)
+            key = run.environment.comparable()
             groups.setdefault(key, []).append(labels[id(run)])
             shown.setdefault(key, run.environment)
     if not groups:
@@ -474,8 +288,8 @@ def _environment_section(runs: Sequence[RunView], labels: dict[int, str]) -> str
     parts = ["<section><h2>Versions and hardware</h2>"]
     for key, names in groups.items():
         env = shown[key]
-        versions = env.get("versions") or {}
-        hardware = dict(env.get("hardware") or {})
+        versions = env.versions or {}
+        hardware = dict(env.hardware or {})
         gpu_list = hardware.pop("gpus", None) or []
         rows = [(name, version if version is not None else "not installed") for name, version in versions.items()]
         rows += [(HARDWARE_LABELS.get(name, name.replace("_", " ")), value) for name, value in hardware.items()]
@@ -484,45 +298,6 @@ def _environment_section(runs: Sequence[RunView], labels: dict[int, str]) -> str
         parts.append(f"<p>{e(who)}:</p><table class=kv><tbody>"
                      + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows) + "</tbody></table>")
     return "".join(parts) + "</section>"
-
-
-# ---- plots ----------------------------------------------------------------------------------------------------
-
-def _png(fig) -> bytes:
-    plt = pyplot()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def dev_curves_png(curves: Sequence[tuple[str, Sequence[tuple[int, float]]]]) -> bytes:
-    """Every run's STSBenchmark dev curve on one axes."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    for label, points in curves:
-        ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.2, label=label)
-    ax.set_xlabel("step"), ax.set_ylabel("STSBenchmark dev Spearman x100"), ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _png(fig)
-
-
-def averages_png(bars: Sequence[tuple[str, float, str]]) -> bytes:
-    """Average Spearman as horizontal bars (labels can be long): base models grey, the best run orange, an
-    averaged adapter green."""
-    plt = pyplot()
-    colours = {"base": "#9a9a9a", "run": "#4c78a8", "best": "#f58518", "average": "#54a24b"}
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.35 * len(bars)))
-    names = [label for label, _, _ in bars][::-1]
-    values = [value for _, value, _ in bars][::-1]
-    ax.barh(names, values, color=[colours[kind] for _, _, kind in bars][::-1])
-    for y, value in enumerate(values):
-        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
-    ax.set_xlabel("average Spearman x100"), ax.grid(axis="x", alpha=0.3)
-    ax.tick_params(axis="y", labelsize=8)
-    ax.set_xlim(min(0.0, *values), max(values) * 1.12 if max(values) > 0 else 1.0)
-    return _png(fig)
 
 
 CSS = """

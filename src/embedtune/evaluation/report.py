@@ -1,13 +1,21 @@
-"""Tables (Markdown) and plots (PNG) for evaluation results and training runs."""
+"""Tables (Markdown) and plots (PNG) for evaluation results and training runs: rendering only (the files come and
+go through embedtune.runs)."""
 from __future__ import annotations
 
-import json
+import io
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from embedtune import extras
+import embedtune.extras as extras
 from embedtune.data.sts import ALL_TASKS
+from embedtune.files import write_text_atomically
+from embedtune.runs.layout import DEV_PLOT, LOSS_PLOT, markdown_beside
+from embedtune.runs.reading import read_metrics
+from embedtune.runs.records import EvalResult
+
+Result = EvalResult | Mapping[str, Any]  # a record, or a result as the evaluators return it
 
 log = logging.getLogger(__name__)
 DISPLAY_NAMES = {"sts12": "STS12", "sts13": "STS13", "sts14": "STS14", "sts15": "STS15", "sts16": "STS16",
@@ -19,19 +27,22 @@ def _ordered(tasks: dict[str, Any]) -> list[str]:
     return known + [t for t in tasks if t not in known]
 
 
-def eval_markdown(result: dict[str, Any]) -> str:
+def eval_markdown(result: Result) -> str:
     """One evaluation as a Markdown table: a row per task, then average ± population std; other kinds than STS
-    (pair classification, retrieval) follow, a table each."""
-    settings = f"pooling: {result.get('pooling')}, prompt: {result.get('prompt')!r}, {result['seconds']:.1f} s"
-    if not result["tasks"]:  # other kinds only
-        return "\n".join([f"# Evaluation: {result['model']}", "", settings] + other_kinds_markdown(result)) + "\n"
-    lines = [f"# STS evaluation: {result['model']}", "", "| task | Spearman x100 | pairs |", "|---|---:|---:|"]
-    for name in _ordered(result["tasks"]):
-        task = result["tasks"][name]
+    (pair classification, retrieval) follow, a table each; then what it was computed with."""
+    result = EvalResult.of(result)
+    settings = f"pooling: {result.pooling}, prompt: {result.prompt!r}, {result.seconds:.1f} s"
+    computed = [f"Computed with {result.computed_with.describe()}."] if result.computed_with else []
+    if not result.tasks:  # other kinds only
+        lines = [f"# Evaluation: {result.model}", "", settings] + other_kinds_markdown(result)
+        return "\n".join(lines + ([""] + computed if computed else [])) + "\n"
+    lines = [f"# STS evaluation: {result.model}", "", "| task | Spearman x100 | pairs |", "|---|---:|---:|"]
+    for name in _ordered(result.tasks):
+        task = result.tasks[name]
         lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {task['spearman']:.2f} | {task['n']} |")
-    lines.append(f"| **Average** | **{result['average']:.2f} ± {result['std']:.2f}** | |")
-    lines += ["", f"{settings}, {result.get('sentences_per_s')} sentences/s"]
-    return "\n".join(lines + other_kinds_markdown(result)) + "\n"
+    lines.append(f"| **Average** | **{result.average:.2f} ± {result.std:.2f}** | |")
+    lines += ["", f"{settings}, {result.sentences_per_s} sentences/s"]
+    return "\n".join(lines + other_kinds_markdown(result) + ([""] + computed if computed else [])) + "\n"
 
 
 # Columns of the other kinds' tables: (JSON key, header); main score first.
@@ -42,11 +53,12 @@ KIND_COLUMNS = {
 }
 
 
-def other_kinds_markdown(result: dict[str, Any]) -> list[str]:
+def other_kinds_markdown(result: Result) -> list[str]:
     """A table per kind other than STS in the result (Markdown lines), each with its average main score."""
+    result = EvalResult.of(result)
     lines: list[str] = []
     for kind, columns in KIND_COLUMNS.items():
-        section = result.get(kind)
+        section = getattr(result, kind)
         if not section:
             continue
         lines += ["", f"## {kind.replace('_', ' ').capitalize()}", "",
@@ -58,35 +70,33 @@ def other_kinds_markdown(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def comparison_markdown(base: dict[str, Any], tuned: dict[str, Any], title: str = "") -> str:
+def comparison_markdown(base: Result, tuned: Result, title: str = "") -> str:
     """The paper's Table 2 layout: per task base -> tuned, then average ± std and the gain in points."""
+    base, tuned = EvalResult.of(base), EvalResult.of(tuned)
     lines = [f"# {title or 'Contrastive fine-tuning: before and after'}", "",
-             f"Model: `{base['model']}`", "", "| task | base | tuned | gain |", "|---|---:|---:|---:|"]
-    for name in _ordered(tuned["tasks"]):
-        b = base["tasks"].get(name, {}).get("spearman", float("nan"))
-        t = tuned["tasks"][name]["spearman"]
+             f"Model: `{base.model}`", "", "| task | base | tuned | gain |", "|---|---:|---:|---:|"]
+    for name in _ordered(tuned.tasks):
+        b = base.tasks.get(name, {}).get("spearman", float("nan"))
+        t = tuned.tasks[name]["spearman"]
         lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {b:.2f} | {t:.2f} | {t - b:+.2f} |")
-    gain = tuned["average"] - base["average"]
-    lines.append(f"| **Average** | **{base['average']:.2f} ± {base['std']:.2f}** | "
-                 f"**{tuned['average']:.2f} ± {tuned['std']:.2f}** | **{gain:+.2f}** |")
+    gain = tuned.average - base.average
+    lines.append(f"| **Average** | **{base.average:.2f} ± {base.std:.2f}** | "
+                 f"**{tuned.average:.2f} ± {tuned.std:.2f}** | **{gain:+.2f}** |")
     return "\n".join(lines) + "\n"
 
 
-def write_eval_outputs(result: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
-    """JSON where asked, and the Markdown table beside it (same name, .md)."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    markdown = output.with_suffix(".md")
-    markdown.write_text(eval_markdown(result))
-    return output, markdown
+def write_eval_outputs(result: Result, output: str | Path) -> tuple[Path, Path]:
+    """JSON where asked, and the Markdown table beside it (same name, .md), each atomically; the JSON last (it is
+    what a resumed run looks for)."""
+    result = EvalResult.of(result)
+    markdown = write_text_atomically(markdown_beside(Path(output)), eval_markdown(result))
+    return result.save(output), markdown
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def task_columns(results: Sequence[EvalResult]) -> list[str]:
+    """The tasks of a table over several results: the nine sets in the paper's order, then the others by name."""
+    names = {name for result in results for name in result.tasks}
+    return [t for t in ALL_TASKS if t in names] + sorted(names - set(ALL_TASKS))
 
 
 def pyplot():
@@ -119,13 +129,55 @@ def plot_training(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(*zip(*train, strict=True), lw=1, label="training loss")
         ax.set_xlabel("step"), ax.set_ylabel("InfoNCE loss"), ax.grid(alpha=0.3)
-        fig.tight_layout(), fig.savefig(out_dir / "loss.png", dpi=120), plt.close(fig)
-        written.append(out_dir / "loss.png")
+        fig.tight_layout(), fig.savefig(out_dir / LOSS_PLOT, dpi=120), plt.close(fig)
+        written.append(out_dir / LOSS_PLOT)
     dev = [(e["step"], v) for e in events if "eval" in e for v in e["eval"].values()]
     if dev:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(*zip(*dev, strict=True), marker="o", lw=1)
         ax.set_xlabel("step"), ax.set_ylabel("STSBenchmark dev Spearman x100"), ax.grid(alpha=0.3)
-        fig.tight_layout(), fig.savefig(out_dir / "dev_spearman.png", dpi=120), plt.close(fig)
-        written.append(out_dir / "dev_spearman.png")
+        fig.tight_layout(), fig.savefig(out_dir / DEV_PLOT, dpi=120), plt.close(fig)
+        written.append(out_dir / DEV_PLOT)
     return written
+
+
+def plots_available() -> bool:
+    """Whether plots can be drawn: matplotlib comes with the 'report' extra."""
+    return extras.available("report")
+
+
+def _png(fig) -> bytes:
+    plt = pyplot()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def dev_curves_png(curves: Sequence[tuple[str, Sequence[tuple[int, float]]]]) -> bytes:
+    """Every run's STSBenchmark dev curve on one axes."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for label, points in curves:
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.2, label=label)
+    ax.set_xlabel("step"), ax.set_ylabel("STSBenchmark dev Spearman x100"), ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def averages_png(bars: Sequence[tuple[str, float, str]]) -> bytes:
+    """Average Spearman as horizontal bars (labels can be long): base models grey, the best run orange, an
+    averaged adapter green."""
+    plt = pyplot()
+    colours = {"base": "#9a9a9a", "run": "#4c78a8", "best": "#f58518", "average": "#54a24b"}
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.35 * len(bars)))
+    names = [label for label, _, _ in bars][::-1]
+    values = [value for _, value, _ in bars][::-1]
+    ax.barh(names, values, color=[colours[kind] for _, _, kind in bars][::-1])
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    ax.set_xlabel("average Spearman x100"), ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_xlim(min(0.0, *values), max(values) * 1.12 if max(values) > 0 else 1.0)
+    return _png(fig)

@@ -1,9 +1,10 @@
 """The model card (README.md) of an export, and the run information it shows.
 
 A run folder written by `embedtune run` holds everything the card needs: `report.json` ({"base", "tuned",
-"gain"}, each an eval result) and the training `config.json` (the full config). They are read from the
-adapter's folder or the run folder above it (runs/exp/final -> runs/exp/); a run stopped before its report
-still has its stage files base.json and tuned.json. Explicit `card_info` entries win over what is found.
+"gain"}, each an eval result) and the training `config.json` (the full config). They are read (through
+embedtune.runs) from the adapter's folder or the run folder above it (runs/exp/final -> runs/exp/); a run stopped
+before its report still has its stage files base.json and tuned.json. Explicit `card_info` entries win over what
+is found.
 """
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from typing import Any
 from embedtune.config import Config
 from embedtune.files import read_json_or
 from embedtune.models.loading import MERGED_FORMAT, display_name
+from embedtune.runs import layout
+from embedtune.runs.records import EvalResult, RunReport
 
-RUN_REPORT = "report.json"
-RUN_CONFIG = "config.json"
 # The per-stage results `embedtune run` writes before report.json: card_info key -> file name.
-STAGE_RESULTS = {"base_scores": "base.json", "scores": "tuned.json"}
+STAGE_RESULTS = {"base_scores": layout.BASE_FILE, "scores": layout.TUNED_FILE}
 REPORT_KEYS = {"base_scores": "base", "scores": "tuned"}
 CONFIG_SECTIONS = frozenset(f.name for f in fields(Config))
 
@@ -38,14 +39,14 @@ def discover_card_info(adapter: str | Path | None) -> dict:
 def run_info(folder: Path) -> dict:
     """Scores from a run folder's report.json (else its stage files) and its training config.json."""
     info: dict[str, Any] = {}
-    report = read_json_or(folder / RUN_REPORT)
+    report = RunReport.load(folder / layout.REPORT_FILE) or RunReport()
     for key, report_key in REPORT_KEYS.items():
-        result = report.get(report_key)
+        result = getattr(report, report_key)
         if not is_eval_result(result):
-            result = read_json_or(folder / STAGE_RESULTS[key])
+            result = EvalResult.load(folder / STAGE_RESULTS[key])
         if is_eval_result(result):
-            info[key] = result
-    config = read_json_or(folder / RUN_CONFIG)
+            info[key] = result.to_dict()
+    config = read_json_or(folder / layout.CONFIG_FILE)
     if is_run_config(config):
         info["config"] = config
     return info
@@ -53,6 +54,8 @@ def run_info(folder: Path) -> dict:
 
 def is_eval_result(value: Any) -> bool:
     """An `embedtune eval` result: per-task scores and their average."""
+    if isinstance(value, EvalResult):
+        return isinstance(value.tasks, dict) and value.average is not None
     return isinstance(value, dict) and isinstance(value.get("tasks"), dict) and "average" in value
 
 
@@ -117,21 +120,27 @@ def _scores(scores: dict | None, base: dict | None) -> list[str]:
 
     if not scores:
         return ["## STS scores", "", "Not recorded with this export (run `embedtune eval --model <this folder>`).", ""]
+    tuned = _card_result(scores)
     lines = ["## STS scores (Spearman x100)", ""]
     if base:
-        table = comparison_markdown(_card_result(base), _card_result(scores))
+        table = comparison_markdown(_card_result(base), tuned)
         lines.append(table.split("\n", 1)[1].strip())  # without its title
     else:
         lines += ["| task | Spearman x100 |", "|---|---:|"]
-        for name, task in scores["tasks"].items():
+        for name, task in tuned.tasks.items():
             lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {task['spearman']:.2f} |")
-        lines.append(f"| **Average** | **{scores['average']:.2f} ± {scores.get('std', 0.0):.2f}** |")
+        lines.append(f"| **Average** | **{tuned.average:.2f} ± {tuned.std:.2f}** |")
+    if tuned.computed_with:
+        lines += ["", f"Computed with {tuned.computed_with.describe()}."]
     return lines + [""]
 
 
-def _card_result(result: dict) -> dict:
-    """An eval result as the comparison table needs it, with the model shown by name only."""
-    return {**result, "model": display_name(str(result.get("model", "?"))), "std": result.get("std", 0.0)}
+def _card_result(result: dict) -> EvalResult:
+    """An eval result as the tables need it, with the model shown by name only."""
+    card = EvalResult.of(result)
+    card.model = display_name(str(card.model or "?"))
+    card.std = card.std if card.std is not None else 0.0
+    return card
 
 
 def _config(config: dict | None) -> list[str]:

@@ -3,6 +3,8 @@
 The baseline evaluation is timed first (the final evaluation costs the same), then the first training steps;
 from their median the plan gives the number of steps and the dev-evaluation interval that fit what is left,
 prints it, and the run's report keeps it. Without a budget the same measurements give a printed estimate.
+The budget counts from the run's start: a baseline reused from the cache (no evaluation) leaves its minutes to
+training.
 """
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
+from embedtune.runs.records import Plan
 from embedtune.training.callbacks import Callback, TrainState
 
 PROBE_STEPS = 3  # steps timed before planning; the first one (kernel compiles, allocator warm-up) is left out
@@ -25,23 +27,6 @@ log = logging.getLogger(__name__)
 def format_duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
-
-
-@dataclass
-class Plan:
-    """What the budget decided (or, without a budget, what the run is estimated to take), for the report."""
-
-    budget_s: float | None
-    steps: int
-    eval_steps: int
-    step_s: float
-    dev_eval_s: float
-    final_eval_s: float
-    estimated_s: float
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 class TimeBudget(Callback):

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from embedtune.files import storage_error, write_text_atomically
+from embedtune.runs.layout import METRICS_FILE
 
-METRICS = "metrics.jsonl"
+METRICS = METRICS_FILE  # metrics.jsonl in the run folder
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,8 @@ from embedtune.models.embedder import Embedder
 from embedtune.models.loading import check_adapter_weights
 from embedtune.models.lora import prepare_for_training
 from embedtune.progress import progress_bar
+from embedtune.runs import layout
+from embedtune.runs.records import EvalResult
 from embedtune.training import checkpoint as ckpt
 from embedtune.training.callbacks import Callback, TrainState
 from embedtune.training.engine import Engine, check_engine_supports
@@ -82,8 +84,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     log.info("training data: %s", cleaning.summary())
     evaluator = dev_evaluator(config) if ranks.is_main else None
     if ranks.is_main:
-        write_text_atomically(out / "data_report.json", json.dumps(cleaning.as_dict(), indent=2) + "\n")
-        write_text_atomically(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        write_text_atomically(out / layout.DATA_REPORT_FILE, json.dumps(cleaning.as_dict(), indent=2) + "\n")
+        write_text_atomically(out / layout.CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
 
     # Device, dtype and process group, decided once for the whole run.
     backend = embedder.backend if embedder is not None else Backend.for_launch(config.model.device, t.precision)
@@ -187,11 +189,11 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     weights = engine.adapter_state()
     if ranks.is_main:
         with storage_hint(out, state):
-            final = ckpt.save_adapter_atomically(embedder.model, out / "final", "final", weights,
+            final = ckpt.save_adapter_atomically(embedder.model, out / layout.FINAL_DIR, "final", weights,
                                                  state.adapter_settings)
-            write_text_atomically(out / "best.json", json.dumps(state.best) + "\n")
+            write_text_atomically(out / layout.BEST_FILE, json.dumps(state.best) + "\n")
         plot_training(out / METRICS, out)
-    final = out / "final"
+    final = out / layout.FINAL_DIR
     barrier()  # every rank returns once the final adapter exists (run evaluates it next, on every rank)
     for callback in callbacks:
         callback.on_train_end(state, final)
@@ -201,7 +203,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
 def prepare_output_dir(out: Path) -> Path:
     """The output folder, with what a killed run left half-done put right."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("final", "best"):  # a folder a killed run had moved aside for its replacement, back in place
+    # A folder a killed run had moved aside for its replacement, back in place.
+    for name in (layout.FINAL_DIR, layout.BEST_DIR):
         recover_folder(out / name)
     for stale in ckpt.remove_stale_files(out):
         log.info("removed %s (left by an interrupted write)", stale)
@@ -268,13 +271,13 @@ def evaluate_dev(evaluator: STSEvaluator, state: TrainState, metrics: MetricsLog
                  say) -> None:
     """Dev evaluation by the evaluator's primary metric; a new best adapter is kept in OUTPUT/best."""
     result = evaluator(state.embedder)
-    event = {"step": state.step, "eval": {k: v["spearman"] for k, v in result["tasks"].items()}}
+    event = {"step": state.step, "eval": EvalResult.of(result).spearman()}
     metrics.write(event)
     score = evaluator.primary_score(result)
     say(f"step {state.step}: STSBenchmark dev Spearman {score:.2f}")
     if state.best["score"] is None or score > state.best["score"]:
         state.best = {"step": state.step, "score": score}
-        ckpt.save_adapter_atomically(state.embedder.model, state.output_dir / "best", "best",
+        ckpt.save_adapter_atomically(state.embedder.model, state.output_dir / layout.BEST_DIR, "best",
                                      settings=state.adapter_settings)
     for callback in callbacks:
         callback.on_evaluate(state, event)
