@@ -175,7 +175,7 @@ def test_a_run_records_how_both_evaluations_were_computed_and_the_environment_be
     for name in (layout.BASE_FILE, layout.TUNED_FILE):
         assert json.loads((out / name).read_text())["computed_with"] == report["tuned"]["computed_with"]
     assert "Computed with fp32 on cpu" in (out / layout.REPORT_MARKDOWN).read_text()
-    assert "tuned: computed with fp32 on cpu" in (out / layout.REPORT_HTML).read_text()
+    assert "base and tuned: computed with fp32 on cpu" in (out / layout.REPORT_HTML).read_text()
     environment = Environment.load(out / layout.ENVIRONMENT_FILE)
     assert environment.versions["torch"] == torch.__version__ and environment.hardware["logical_cores"]
 

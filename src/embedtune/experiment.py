@@ -36,9 +36,6 @@ from embedtune.training.budget import REPORT_S, TimeBudget, format_duration
 from embedtune.training.callbacks import Callback, TrainState
 from embedtune.training.trainer import dev_evaluator, train
 
-PLAN_FILE = layout.PLAN_FILE
-RESULT_FILES = layout.RESULT_FILES  # a finished run's outputs: removed when a run starts
-
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +51,7 @@ def run_experiment(config: Config, base: EvalResult | dict | None = None) -> dic
     evaluator = evaluator_for(config)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        for name in RESULT_FILES + (() if config.train.resume else (PLAN_FILE,)):
+        for name in layout.RESULT_FILES + (() if config.train.resume else (layout.PLAN_FILE,)):
             (out / name).unlink(missing_ok=True)
     backend = Backend.for_launch(config.model.device, config.eval.precision)
     base = baseline(config, evaluator, backend, out, EvalResult.of(base) if base is not None else None)
@@ -62,8 +59,8 @@ def run_experiment(config: Config, base: EvalResult | dict | None = None) -> dic
 
     say("2/3 training")
     budget = time_budget(config, base, started)
-    final = train(config, callbacks=[budget, PlanKeeper(budget, out / PLAN_FILE)] if main else [budget])
-    plan = _keep_plan(budget, out / PLAN_FILE) if main else None
+    final = train(config, callbacks=[budget, PlanKeeper(budget, out / layout.PLAN_FILE)] if main else [budget])
+    plan = _keep_plan(budget, out / layout.PLAN_FILE) if main else None
     gc.collect()
 
     selected, note = select_adapter(config.train.select, out, Path(final))

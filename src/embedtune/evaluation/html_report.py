@@ -218,10 +218,12 @@ def _number(result: EvalResult | None, task: str) -> float | None:
 
 def _computed(run: RunView) -> str:
     """What the scores were computed with, and where a reused baseline came from."""
-    lines = []
-    for label, result in (("base", run.base), ("tuned", run.tuned)):
-        if result and result.computed_with:
-            lines.append(f"{label}: computed with {e(result.computed_with.describe())}")
+    described = {label: result.computed_with.describe() for label, result in (("base", run.base),
+                                                                               ("tuned", run.tuned))
+                 if result and result.computed_with}
+    if len(described) == 2 and len(set(described.values())) == 1:
+        described = {"base and tuned": described["base"]}
+    lines = [f"{label}: computed with {e(text)}" for label, text in described.items()]
     reused = run.report.base.reused if run.report and run.report.base else None
     if reused:
         lines.append(f"base: reused from the {e(reused.source)} (<code>{e(reused.path)}</code>)")
