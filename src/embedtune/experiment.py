@@ -296,8 +296,9 @@ def _baseline_markdown(base: EvalResult) -> str:
     if base.reused is None:
         return ""
     if base.reused.source == "cache":
-        return (f"\nBaseline: reused the base model's evaluation from the cache (`{base.reused.path}`, "
-                f"{base.seconds:.0f} s when it was made); `--no-cache` scores it again.\n")
+        took = f"; it took {format_duration(base.seconds)} when it was made" if base.seconds is not None else ""
+        return (f"\nBaseline: reused the base model's evaluation from the cache (`{base.reused.path}`{took}); "
+                "`--no-cache` scores it again.\n")
     return f"\nBaseline: scored once for the sweep's runs (`{base.reused.path}`).\n"
 
 
