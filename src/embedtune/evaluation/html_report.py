@@ -37,8 +37,9 @@ HARDWARE_LABELS = {"cpu": "CPU", "logical_cores": "logical cores", "physical_cor
 
 # ---- writing --------------------------------------------------------------------------------------------------
 
-def write_run_page(out: Path, report: RunReport) -> Path:
+def write_run_page(out: Path, report: RunReport | dict) -> Path:
     """report.html of a finishing run (`run` calls it just before writing report.json, which it stands in for)."""
+    report = report if isinstance(report, RunReport) else RunReport.from_dict(report)
     page = render_html([Source(out, "run", [load_run(out, report=report)])])
     return write_text_atomically(out / REPORT_HTML, page)
 
