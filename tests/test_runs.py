@@ -22,7 +22,7 @@ from embedtune.runs import (
     layout,
     load_run,
 )
-from embedtune.runs.environment import versions
+from embedtune.runs.capture import versions
 
 STS = {"spearman": 61.25, "n": 12, "kind": "sts", "main_score": 61.25}
 EVAL = {"model": "tiny", "pooling": "eos", "prompt": "", "tasks": {"sts12": STS, "sickr": {**STS, "spearman": 40.5}},

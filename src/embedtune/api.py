@@ -31,7 +31,7 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
     from embedtune.evaluation.suite import EvaluationSuite
     from embedtune.models.backend import Backend
     from embedtune.models.embedder import Embedder
-    from embedtune.runs.environment import computed_with
+    from embedtune.runs.capture import computed_with
 
     config = copy.deepcopy(config) if config is not None else Config()
     if isinstance(model, str):

@@ -29,7 +29,7 @@ from embedtune.models.embedder import Embedder
 from embedtune.models.lora import ADAPTER_CONFIG
 from embedtune.runs import layout
 from embedtune.runs.baselines import BaselineFolder, baseline_key, data_fingerprint
-from embedtune.runs.environment import capture_environment, computed_with
+from embedtune.runs.capture import capture_environment, computed_with
 from embedtune.runs.reading import read_metrics
 from embedtune.runs.records import EvalResult, Plan, Reuse, RunReport, Selected, load_complete
 from embedtune.training.budget import REPORT_S, TimeBudget, format_duration

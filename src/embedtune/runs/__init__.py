@@ -1,5 +1,6 @@
 """The run folder: its layout (every file name, `layout`) and its files as typed records with load and save
-(`records`: an evaluation result, a run report, a plan, a sweep's state, the environment).
+(`records`: an evaluation result, a run report, a plan, a sweep's state, the environment); `capture` records
+what a result was computed with, `reading` reads folders back, `baselines` files base-model evaluations.
 
 The trainer, `run`, `sweep`, the model card and the reports read and write run folders through this package
 only; the reports render what `reading` gives them. Importing it loads no model library.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import embedtune.runs.layout as layout
 from embedtune.runs.baselines import BaselineFolder, baseline_key, data_fingerprint
-from embedtune.runs.environment import capture_environment, computed_with, environment
+from embedtune.runs.capture import capture_environment, computed_with, environment
 from embedtune.runs.reading import RunView, Source, baselines, best_run, load_run, load_source, load_sweep, read_metrics
 from embedtune.runs.records import (
     AverageState,

@@ -14,7 +14,7 @@ from embedtune.errors import ConfigError
 from embedtune.evaluation.html_report import write_run_page
 from embedtune.experiment import Baselines, evaluate_model, evaluator_for, write_result
 from embedtune.runs import layout
-from embedtune.runs.environment import capture_environment
+from embedtune.runs.capture import capture_environment
 from embedtune.runs.reading import load_run
 from embedtune.runs.records import RunReport, Selected
 from embedtune.sweep.execution import one_line, release_memory
