@@ -17,7 +17,7 @@ from embedtune.serve.errors import ApiError
 from embedtune.serve.limits import ServeLimits
 
 Text = Annotated[str, StringConstraints(min_length=1)]
-Texts = Annotated[list[Text], Field(min_length=1)]
+Texts = Annotated[list[Text], Field(min_length=1, fail_fast=True)]  # one error, not one per item of 4 MiB
 
 
 def _one_or_many(value: Any) -> Any:
@@ -113,14 +113,15 @@ class Health(_Answer):
 def parse_request(raw: bytes, limits: ServeLimits, dimensions: int) -> tuple[list[str], str]:
     """Texts and encoding format of an embeddings request body, or an ApiError saying what is wrong."""
     payload = _json(raw)
+    items = payload.get("input") if isinstance(payload, dict) else None
+    if isinstance(items, list) and len(items) > limits.max_items:  # before validating a million items to refuse
+        raise ApiError(413, f"request too large: 'input' has {len(items)} items; this server takes at most "
+                            f"{limits.max_items}", param="input", code="too_many_items")
     try:
         request = EmbeddingRequest.model_validate(payload)
     except ValidationError as err:
         raise _refusal(err.errors(include_url=False)[0], dimensions) from None
     texts = request.input
-    if len(texts) > limits.max_items:
-        raise ApiError(413, f"request too large: 'input' has {len(texts)} items; this server takes at most "
-                            f"{limits.max_items}", param="input", code="too_many_items")
     for i, text in enumerate(texts):
         if not text.isascii() and _SURROGATE.search(text):  # the tokenizer would fail on it, with a 500
             raise _bad_item(i, "string_unicode", text)
