@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from embedtune import extras
+import embedtune.extras as extras
 from embedtune.data.sts import ALL_TASKS
 
 log = logging.getLogger(__name__)

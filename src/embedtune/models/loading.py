@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from embedtune import extras
+import embedtune.extras as extras
 from embedtune.errors import ModelError
 from embedtune.files import exclusive, read_json_or, remove_temporaries, write_folder_atomically
 
