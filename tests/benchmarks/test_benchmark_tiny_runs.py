@@ -97,3 +97,24 @@ def test_serve_load_smallest(run_benchmark, tiny_gemma_dir, tmp_path):
     assert all(row["requests_per_model_call"] >= 1.0 for row in results["on"])
     assert "| clients | batching | req/s | p50 ms | p99 ms | requests per model call |" in stdout
     assert re.search(rf"^4 clients: dynamic batching gives {NUMBER}x the throughput", stdout, re.M)
+
+
+@pytest.mark.slow
+def test_int8_sensitivity_smallest(run_benchmark, tiny_gemma_dir, tiny_data_dir):
+    """fp32 is its own reference (cosine 1); each int8 scheme gets a row with a cosine and a score per task;
+    --layers adds the one-part-at-a-time table."""
+    stdout = run_benchmark("int8_sensitivity", "--model", tiny_gemma_dir, "--data-dir", tiny_data_dir, "--tasks",
+                           "biosses", "sts17", "--schemes", "per-tensor", "per-channel", "--layers")
+    assert re.search(r"^scheme\tseconds\tcosine mean\tcosine min\tbiosses\tsts17$", stdout, re.M)
+    rows = {name: values for name, *values in
+            re.findall(rf"^(fp32|per-tensor|per-channel)\t{NUMBER}\t{NUMBER}\t{NUMBER}\t{NUMBER}\t{NUMBER}$",
+                       stdout, re.M)}
+    assert set(rows) == {"fp32", "per-tensor", "per-channel"}
+    assert float(rows["fp32"][1]) == pytest.approx(1.0, abs=1e-4) and float(rows["fp32"][2]) == pytest.approx(
+        1.0, abs=1e-4)
+    for seconds, mean, smallest, *scores in rows.values():
+        assert float(seconds) >= 0 and -1 <= float(smallest) <= float(mean) <= 1.0001
+        assert all(-100 <= float(s) <= 100 for s in scores)
+    assert "int8 (per-channel) in one part only, cosine to fp32 over" in stdout
+    parts = re.findall(rf"^(\S+)\t{NUMBER}\t{NUMBER}$", stdout.split("in one part only", 1)[1], re.M)
+    assert parts and all(-1 <= float(low) <= float(mean) <= 1.0001 for _, mean, low in parts)
