@@ -6,11 +6,18 @@ command line can set up its process (embedtune.runtime) before torch loads.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
+from embedtune.hooks import FAULT_ENV
 from embedtune.runtime import apply_kernel_cache_limits
 
 apply_kernel_cache_limits()  # before any matmul: oneDNN reads the limits when its caches are first used
+
+if os.environ.get(FAULT_ENV):  # the reliability tests' faults (docs/RELIABILITY.md): never set in normal use
+    from embedtune.testing.faults import arm_from_environment
+
+    arm_from_environment()
 
 # mteb itself is imported only when an adapter is built.
 _EXPORTS = {"encode": "embedtune.api", "evaluate": "embedtune.api", "export": "embedtune.api", "run": "embedtune.api",
