@@ -1,7 +1,9 @@
 """embedtune: contrastive LoRA fine-tuning that turns small LMs into text-embedding models, and STS scoring.
 
-Public API (names only; the logic lives in the modules named beside each). Imported lazily, so that the
-command line can set up its process (embedtune.runtime) before torch loads.
+Public API (names only; the logic lives in the modules named beside each), imported lazily. Importing embedtune
+changes nothing in the process, no environment variable included: the `embedtune` command sets its process up in
+its entry point (embedtune.launch), and a Python user who wants the same calls
+embedtune.runtime.configure_process() first.
 """
 from __future__ import annotations
 
@@ -10,9 +12,6 @@ import os
 from typing import Any
 
 from embedtune.hooks import FAULT_ENV
-from embedtune.runtime import apply_kernel_cache_limits
-
-apply_kernel_cache_limits()  # before any matmul: oneDNN reads the limits when its caches are first used
 
 if os.environ.get(FAULT_ENV):  # the reliability tests' faults (docs/RELIABILITY.md): never set in normal use
     from embedtune.testing.faults import arm_from_environment

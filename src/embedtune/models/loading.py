@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ import torch
 
 from embedtune.errors import ModelError
 from embedtune.files import exclusive, read_json_or, remove_temporaries, write_folder_atomically
+from embedtune.runtime import cache_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "EMBEDTUNE_CACHE"
 DEFAULT_MODEL = "gemma3-270m"
 CONVERTED_MARKER = "embedtune_source.json"  # in every folder converted from GGUF: where it came from
 BF16_MARKER = "embedtune_bf16_source.json"  # in every bf16 copy of one: which folder it copies
@@ -63,11 +62,6 @@ PACKAGED_MODELS: dict[str, Callable[[], Path]] = {
     "smollm2-135m": _smollm2_135m,
     "all-minilm-l6-v2": _all_minilm_l6_v2,
 }
-
-
-def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "embedtune"
-    return Path(root).expanduser()
 
 
 @dataclass(frozen=True)
