@@ -25,12 +25,12 @@ from embedtune.errors import StorageError, TrainingError, TrainingStopped
 from embedtune.evaluation.diagnostics import warn_if_anisotropic
 from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
-from embedtune.export.metadata import export_info
 from embedtune.files import recover_folder, write_text_atomically
 from embedtune.hooks import hook
 from embedtune.losses import CachedInfoNCELoss, build_loss
 from embedtune.models.backend import Backend
 from embedtune.models.embedder import Embedder
+from embedtune.models.export_format import export_info
 from embedtune.models.loading import check_adapter_weights
 from embedtune.models.lora import prepare_for_training
 from embedtune.progress import progress_bar
