@@ -36,7 +36,7 @@ from embedtune.export.merged import write_merged
 from embedtune.export.metadata import export_info
 from embedtune.export.tokenizer_files import configure_tokenizer_files, verify_tokenizer
 from embedtune.files import write_folder_atomically
-from embedtune.models.loading import EXPORT_INFO_FILE
+from embedtune.models.export_format import EXPORT_INFO_FILE
 from embedtune.models.lora import require_adapter
 
 if TYPE_CHECKING:

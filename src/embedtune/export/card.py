@@ -13,7 +13,8 @@ from typing import Any
 
 from embedtune.config import Config
 from embedtune.files import read_json_or
-from embedtune.models.loading import MERGED_FORMAT, display_name
+from embedtune.models.export_format import MERGED_FORMAT
+from embedtune.models.loading import display_name
 
 RUN_REPORT = "report.json"
 RUN_CONFIG = "config.json"
