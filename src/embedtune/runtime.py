@@ -106,9 +106,3 @@ def configure_process(environ: MutableMapping[str, str] | None = None) -> dict[s
     environ.update(added)
     return added
 
-
-def apply_kernel_cache_limits() -> None:
-    """The kernel-cache limits alone (configure_process sets them with the rest): the caches read these when
-    first used, so this works if no matmul ran yet."""
-    for name, value in KERNEL_CACHE_LIMITS.items():
-        os.environ.setdefault(name, value)
