@@ -97,12 +97,13 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     data_dir: str | None = _data(None, "folder holding nli/ (training triplets or pairs) and sts/ (the STS sets)",
-                                 on=(EVAL, TRAIN), default_text="$EMBEDTUNE_DATA_DIR, else the hub", metavar="DIR")
+                                 on=(EVAL, TRAIN), metavar="DIR",
+                                 default_text="$EMBEDTUNE_DATA_DIR, else the Hugging Face Hub")
     train_files: list[str] = _data([], "training files: CSV/TSV/JSONL/parquet triplets or raw NLI pairs",
                                    flag="--train-file", default_text="DATA_DIR/nli/triplets/*", metavar="FILE")
-    anchor_column: str = _data("sent0", "column holding the anchor text")
-    positive_column: str = _data("sent1", "column holding the positive text")
-    negative_column: str = _data("hard_neg", "column holding the hard negative")
+    anchor_column: str = _data("sent0", "column holding the anchor text", metavar="NAME")
+    positive_column: str = _data("sent1", "column holding the positive text", metavar="NAME")
+    negative_column: str = _data("hard_neg", "column holding the hard negative", metavar="NAME")
     decontaminate: bool = _data(True, "drop training rows whose sentences occur in the STS evaluation sets")
     max_train_samples: int | None = _data(None, "train on at most this many rows", check=at_least(1, "or unset"),
                                           default_text="every row")
