@@ -71,7 +71,8 @@ def option(default: Any, help: str, *, on: tuple[str, ...], group: str, flag: st
            choices: tuple[str, ...] | None = None, check: Check | None = None, default_text: str | None = None,
            required: bool = False, metavar: str | None = None) -> Any:
     """A dataclass field with its option declared in its metadata; a list default is copied per instance."""
-    assert group in GROUPS, group
+    if group not in GROUPS:
+        raise ValueError(f"option group {group!r} is not one of {GROUPS}")
     declared = Option(help, on, group, flag, choices, check, default_text, required, metavar)
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"option": declared})
@@ -121,7 +122,8 @@ class Declared:
             return self.option.default_text
         if isinstance(self.default, bool):
             return "on" if self.default else "off"
-        assert self.default not in (None, []), f"{self.key}: say what its default means (default_text)"
+        if self.default in (None, []):
+            raise ValueError(f"{self.key}: declare what its default means (default_text)")
         return str(self.default)
 
     def take(self, value: Any, where: str) -> Any:
