@@ -173,7 +173,9 @@ def expected_value(value, hint):
     if "int" in text:
         if isinstance(value, int) and not isinstance(value, bool):
             return "ok", value
-        return ("error",)  # YAML strings of digits are ints already; an int field takes no float or text
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,4000}", value):  # a quoted '64', a flag's or --grid's
+            return "ok", int(value)
+        return ("error",)  # an int field takes no float, and no other text
     if "float" in text:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return "ok", float(value)
