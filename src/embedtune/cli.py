@@ -216,7 +216,7 @@ SUMMARIES = {
            "(report.md, report.json, plots) to --output-dir",
     "sweep": "`run` over a grid of settings, the base model scored once; one report compares the runs",
     "report": "one self-contained HTML page for run and sweep folders",
-    "export": "write a model, its adapter merged, as a folder that sentence-transformers and TEI load",
+    "export": "write a model, its adapter merged, as a sentence-transformers folder (or the adapter alone)",
     "average-adapters": "one LoRA adapter whose update is the (weighted) mean of several adapters' updates on the "
                         "same base model (a \"model soup\")",
     "encode": "embed the texts of a file into a .npy or .jsonl file",
