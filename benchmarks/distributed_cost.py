@@ -2,8 +2,8 @@
 
 For the paper's three models (built on the meta device, so nothing is downloaded or allocated) it counts the
 LoRA parameters our default targets create and the non-embedding parameters, measures the average tokens per
-text of the local NLI triplets with the default model's tokenizer, and prints, for K GPUs at a fixed per-rank
-batch, per rank and step:
+text of the local NLI triplets with a model's tokenizer (`--model`, default Gemma-3-270M), and prints, for K GPUs
+at a fixed per-rank batch, per rank and step:
 
 - compute: 4 N FLOPs per token for LoRA training (forward 2N, input-gradient backward 2N; 6N with GradCache's
   extra forward) over the rank's 3 n texts, at the given GPU speed and MFU;
@@ -15,7 +15,7 @@ with ring bandwidth terms (2 (K-1)/K of the bytes for an all-reduce, (K-1)/K for
 tree latency term (2 log2 K hops). Nothing is overlapped: the gather sits on the loss's critical path and the
 gradient all-reduce is counted in full (DDP overlaps most of it with backward: an upper bound).
 
-    .venv/bin/python -m benchmarks.distributed_cost --data-dir ../shared/data [--per-rank-batch 8]
+    .venv/bin/python -m benchmarks.distributed_cost --data-dir ../shared/data [--per-rank-batch 8] [--model M]
         [--gpus 8 64 512] [--tflops 989] [--mfu 0.4] [--intra-gbs 360] [--inter-gbs 45] [--latency-us 8]
 """
 from __future__ import annotations
@@ -65,11 +65,11 @@ def sizes(config, targets: str) -> dict:
     return {"non_embedding": n_model, "lora": lora, "hidden": config.hidden_size}
 
 
-def tokens_per_text(data_dir: str, limit: int = 3000) -> float:
+def tokens_per_text(data_dir: str, model: str, limit: int = 3000) -> float:
     from embedtune.models.embedder import Embedder
 
     triplets = harness.shared_triplets(data_dir, limit)
-    embedder = Embedder("gemma3-270m", precision="fp32")
+    embedder = Embedder(model, precision="fp32")
     texts = [t for row in triplets for t in (row.anchor, row.positive, row.negative)]
     return statistics.mean(len(ids) for ids in embedder.tokenize(texts))
 
@@ -91,7 +91,7 @@ def step_costs(size: dict, k: int, n: int, tokens: float, args: argparse.Namespa
 
 
 def main() -> None:
-    parser = harness.add_common_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]), model=None)
+    parser = harness.add_common_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--per-rank-batch", type=int, default=8, help="triplets per GPU per step (n)")
     parser.add_argument("--gpus", type=int, nargs="+", default=[8, 64, 512])
     parser.add_argument("--targets", default="attention", help="LoRA targets, as --lora-targets")
@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--inter-gbs", type=float, default=45.0, help="per-GPU bandwidth across nodes, GB/s")
     parser.add_argument("--latency-us", type=float, default=8.0, help="per-hop collective latency")
     args = parser.parse_args()
-    tokens = tokens_per_text(args.data_dir)
-    print(f"tokens per text (local NLI triplets, Gemma 3 tokenizer, EOS included): {tokens:.1f}")
+    tokens = tokens_per_text(args.data_dir, args.model)
+    print(f"tokens per text (local NLI triplets, {args.model}'s tokenizer, EOS included): {tokens:.1f}")
     print(f"per-rank batch {args.per_rank_batch}; {args.tflops:.0f} TFLOP/s x MFU {args.mfu}; bandwidth "
           f"{args.intra_gbs:.0f} GB/s within a node of {GPUS_PER_NODE}, {args.inter_gbs:.0f} GB/s across nodes")
     print("| model | LoRA params | GPUs | global batch | compute ms | embeddings all-gathered MB | gather+grad ms "

@@ -1,8 +1,9 @@
 """Two versions of embedtune on the same machine in one run: training steps and evaluation, alternated.
 
-    .venv/bin/python -m benchmarks.paired_versions --before 8314ec5 --data-dir ../shared/data [--rounds 3]
+    .venv/bin/python -m benchmarks.paired_versions --before main --data-dir ../shared/data [--rounds 3]
 
-`--before` is a git revision (checked out once as a worktree under /tmp) and `--after` the working tree (default).
+`--before` is a git revision (checked out once as a worktree under /tmp) or a folder holding another checkout, and
+`--after` the working tree (default).
 Each round runs a short `embedtune train` and an `embedtune eval` with each version, the order flipping every
 round, so that a machine that slows down or speeds up mid-run hurts both alike. Both run under the same process
 set-up (the allocator and kernel-cache limits of the after version's runtime) and the same explicit precision.
@@ -25,6 +26,9 @@ SKIPPED_STEPS = 2  # kernel compiles and allocator warm-up
 
 
 def worktree(revision: str) -> Path:
+    """A checkout of `revision`: the folder itself when it is one, else a worktree of this repository."""
+    if (Path(revision) / "src" / "embedtune").is_dir():
+        return Path(revision).resolve()
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision], check=True,
                          capture_output=True, text=True).stdout.strip()
     path = Path(tempfile.gettempdir()) / f"embedtune-{sha}"
@@ -69,7 +73,7 @@ def eval_once(tree: Path, work: Path, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="git revision of the reference version")
+    parser.add_argument("--before", required=True, help="git revision (or checkout folder) of the reference version")
     parser.add_argument("--after", default=str(REPO), help="folder of the version to compare (default: this tree)")
     parser.add_argument("--data-dir", default=os.environ.get("EMBEDTUNE_DATA_DIR", "../shared/data"))
     parser.add_argument("--model", default="gemma3-270m")

@@ -49,3 +49,12 @@ def test_encode_loads_a_model_once_and_a_different_model_replaces_it(tiny_model_
     assert np.abs(tuned - first).max() > 1e-3  # the adapter's model, not the cached base model
     api.encode(texts, str(tiny_model_dir))  # the base model was replaced, not kept beside: loaded again
     assert len(counted_loads) == 3
+
+
+def test_embedtune_export_stays_the_api_function_after_its_package_is_imported(tiny_model_dir, tmp_path):
+    import embedtune
+    import embedtune.export.metadata  # noqa: F401  (training and evaluation import parts of the package)
+
+    out = embedtune.export(str(tiny_model_dir), None, tmp_path / "exported")
+    assert (out / "embedtune_export.json").is_file() and (out / "modules.json").is_file()
+    assert embedtune.Embedder(str(out)).encode(["a dog"]).shape == (1, 64)

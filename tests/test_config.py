@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from embedtune.cli import DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, build_parser, config_from_args
-from embedtune.config import Config
+from embedtune.config import OPTIONS, Config
 from embedtune.errors import ConfigError
+from embedtune.options import EVAL, GROUPS, MODEL, RUN, TRAIN
 
 
 @pytest.mark.parametrize("section,key,value,message", [
@@ -150,3 +151,24 @@ def test_num_layers_reaches_the_config_from_every_command_that_loads_a_model(com
     assert config_from_args(args, MODEL_FLAGS).validate().model.num_layers == 14
     with pytest.raises(ConfigError, match="model.num_layers must be >= 1, got 0"):
         Config.from_dict({"model": {"num_layers": 0}}).validate()
+
+
+def test_every_option_says_what_its_default_means_and_leaves_the_default_to_the_parser():
+    for item in OPTIONS:
+        assert item.option.help and "default" not in item.option.help, item.key  # --help appends the default
+        shown = item.default_shown()  # raises where a None or empty default has no phrase saying what it means
+        assert shown and shown not in ("None", "[]"), item.key
+        assert set(item.option.on) <= {MODEL, EVAL, TRAIN, RUN} and item.option.group in GROUPS, item.key
+    assert "log_steps" not in {item.name for item in OPTIONS}  # read by nothing: retired (a file may still set it)
+
+
+def test_validate_runs_each_declared_check_on_the_configs_values():
+    bad = {"train": {"chunk_tokens": 15}, "lora": {"r": 0}, "model": {"pooling": "max"}, "eval": {"precision": "x"}}
+    messages = []
+    for section, values in bad.items():
+        with pytest.raises(ConfigError) as raised:
+            Config.from_dict({section: values}).validate()
+        messages.append(str(raised.value))
+    assert messages == ["train.chunk_tokens must be >= 16, got 15", "lora.r must be >= 1, got 0",
+                        "model.pooling must be one of eos, mean, cls, got 'max'",
+                        "eval.precision must be one of auto, bf16, fp32, got 'x'"]

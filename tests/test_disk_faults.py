@@ -2,8 +2,8 @@
 fails leaves the previous files intact and stops with one line naming the path and the free space, after which
 --resume works; the first-use GGUF conversion interrupted half-way is redone, never used half-made.
 
-Faults come from the writer's hook (`EMBEDTUNE_FAULT` / `files.injected_faults`, which runs everywhere) and from
-real small or read-only tmpfs mounts where this process may mount them (root; skipped elsewhere).
+Faults come from the writer's hook (`EMBEDTUNE_FAULT` / `testing.faults.injected_faults`, which runs everywhere) and
+from real small or read-only tmpfs mounts where this process may mount them (root; skipped elsewhere).
 """
 from __future__ import annotations
 
@@ -25,14 +25,13 @@ from safetensors.torch import load_file
 from embedtune.config import Config
 from embedtune.errors import EmbedtuneError, StorageError
 from embedtune.files import (
-    FAULT_ENV,
     TEMP_TAG,
-    injected_faults,
     recover_folder,
     remove_temporaries,
     write_folder_atomically,
     write_text_atomically,
 )
+from embedtune.testing.faults import FAULT_ENV, injected_faults
 from embedtune.training import checkpoint as ckpt
 from embedtune.training.callbacks import Callback
 from embedtune.training.trainer import METRICS, train

@@ -1,6 +1,7 @@
 """Process set-up: allocator preload and kernel-cache limits, with the user's settings winning."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,3 +58,75 @@ def test_relaunch_re_executes_the_module_with_the_allocator(monkeypatch, tmp_pat
     (path, args, env), = calls
     assert path == sys.executable and args[-5:] == ["-m", "embedtune", "train", "--max-steps", "3"]
     assert env["LD_PRELOAD"] == str(tmp_path / "libmimalloc.so.3") and env[runtime.RELAUNCHED_ENV] == "1"
+
+
+# ---- importing changes nothing; the command sets its process up ----------------------------------------------
+
+IMPORT_EVERYTHING = """
+import importlib, importlib.util, json, os, pkgutil, sys
+import torch, torch._inductor.config, transformers  # set variables of their own (TORCHINDUCTOR_CACHE_DIR)
+before = dict(os.environ)
+import embedtune, embedtune.api, embedtune.cli, embedtune.experiment, embedtune.files, embedtune.training.trainer
+testing_after_product = sorted(m for m in sys.modules if m.startswith("embedtune.testing"))
+skipped = []
+for info in pkgutil.walk_packages(embedtune.__path__, "embedtune."):
+    if info.name != "embedtune.__main__":  # that one runs the command
+        try:
+            importlib.import_module(info.name)
+        except ImportError as err:  # an optional extra that is not installed (fastapi, matplotlib)
+            if (err.name or "").startswith("embedtune"):
+                raise
+            skipped.append(info.name)
+if importlib.util.find_spec("matplotlib"):
+    embedtune.evaluation.report.pyplot()  # plotting sets no variable either (matplotlib's folder: the command's)
+changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+print(json.dumps({"changed": changed, "testing": testing_after_product, "skipped": skipped,
+                  "imported": sorted(m for m in sys.modules if m.startswith("embedtune."))}))
+"""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without what embedtune's set-up or the fault tests would add."""
+    drop = (*runtime.KERNEL_CACHE_LIMITS, runtime.MATPLOTLIB_ENV, "EMBEDTUNE_FAULT", runtime.RELAUNCHED_ENV)
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
+def test_importing_embedtune_and_every_module_leaves_the_environment_as_it_was():
+    done = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["changed"] == []
+    assert found["testing"] == []  # the product imports only embedtune.hooks, never the fault injection
+    assert {"embedtune.api", "embedtune.cli", "embedtune.training.trainer", "embedtune.models.export_format",
+            "embedtune.evaluation.report"} <= set(found["imported"])
+
+
+FAKE_CLI = """
+import os, sys, types
+def report():
+    print(" ".join(os.environ.get(k, "-") for k in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                                                  "MPLCONFIGDIR")))
+    return 0
+sys.modules["embedtune.cli"] = types.SimpleNamespace(main=report)  # the command's set-up only, no CLI
+from embedtune.launch import main
+sys.exit(main())
+"""
+
+
+def test_the_command_sets_up_kernel_cache_limits_and_matplotlibs_folder_before_the_cli(tmp_path):
+    base = clean_env(**{runtime.ALLOCATOR_ENV: "system", runtime.CACHE_ENV: str(tmp_path / "cache")})
+    done = subprocess.run([sys.executable, "-c", FAKE_CLI], env=base, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["64", "256", str(tmp_path / "cache" / "matplotlib")]
+    mine = {**base, "LRU_CACHE_CAPACITY": "8", runtime.MATPLOTLIB_ENV: str(tmp_path / "mpl")}
+    done = subprocess.run([sys.executable, "-c", FAKE_CLI], env=mine, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["8", "256", str(tmp_path / "mpl")]  # the user's values win
+
+
+def test_configure_process_adds_only_what_is_missing_and_says_what(tmp_path):
+    environ = {runtime.CACHE_ENV: str(tmp_path), "LRU_CACHE_CAPACITY": "8"}
+    added = runtime.configure_process(environ)
+    assert added == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", runtime.MATPLOTLIB_ENV: str(tmp_path / "matplotlib")}
+    assert environ == {runtime.CACHE_ENV: str(tmp_path), "LRU_CACHE_CAPACITY": "8", **added}
+    assert runtime.configure_process(environ) == {}  # a second call changes nothing

@@ -240,3 +240,131 @@ def test_service_warms_the_model_up_before_serving(tiny_embedder, monkeypatch):
         assert service.batcher.model_calls == 0
     finally:
         service.stop()
+
+
+# ---- the declared schema ------------------------------------------------------------------------------------------
+def test_openapi_schema_declares_the_request_and_the_answers(tiny_embedder):
+    from embedtune.serve import EmbeddingService, build_app
+
+    schema = build_app(EmbeddingService(tiny_embedder, LIMITS)).app.openapi()
+    post = schema["paths"]["/v1/embeddings"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert {"input", "model", "encoding_format", "dimensions"} <= set(body["properties"])
+    assert body["required"] == ["input"]
+    assert [kind.get("type") for kind in body["properties"]["input"]["anyOf"]] == ["string", "array"]
+    assert body["properties"]["encoding_format"]["default"] == "float"
+
+    def answer(route: dict, status: int) -> str:
+        return route["responses"][str(status)]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+
+    assert answer(post, 200) == "EmbeddingResponse"
+    assert {answer(post, status) for status in (400, 401, 408, 413, 429, 500, 503)} == {"ErrorResponse"}
+    assert answer(schema["paths"]["/health"]["get"], 200) == "Health"
+    assert answer(schema["paths"]["/v1/models"]["get"], 200) == "ModelList"
+    assert set(schema["components"]["schemas"]["EmbeddingResponse"]["properties"]) == {"object", "data", "model",
+                                                                                       "usage"}
+
+
+def test_answers_are_what_the_schema_declares(tiny_server):
+    """The response models forbid unknown fields: an answer that grows or loses a field fails here."""
+    from embedtune.serve.schema import EmbeddingResponse, ErrorResponse, Health, ModelList
+
+    for encoding in ("float", "base64"):
+        answer = EmbeddingResponse.model_validate(embed(tiny_server, {"input": ["a dog", "a cat"],
+                                                                      "encoding_format": encoding}))
+        assert [row.index for row in answer.data] == [0, 1]
+        assert all(isinstance(row.embedding, list if encoding == "float" else str) for row in answer.data)
+    assert Health.model_validate(request(tiny_server, "GET", "/health")[1]).status == "ok"
+    assert ModelList.model_validate(request(tiny_server, "GET", "/v1/models")[1]).data[0].id == (
+        tiny_server.service.model_id)
+    for method, path, body, status in (("POST", "/v1/embeddings", '{"input": 5}', 400), ("GET", "/nope", None, 404),
+                                       ("GET", "/v1/embeddings", None, 405),
+                                       ("POST", "/v1/embeddings", '{"input": ["a", "b", "c", "d", "e", "f", "g", "h", '
+                                                                  '"i"]}', 413)):
+        got_status, got = request(tiny_server, method, path, body)
+        assert got_status == status and ErrorResponse.model_validate(got).error.message
+
+
+@pytest.mark.parametrize(("body", "message", "param"), [
+    ('{"input": 5}', "'input' must be a string or a list of strings", "input"),
+    ('{"input": ["a", {"b": 1}]}', "input[1] must be a string (got an object)", "input[1]"),
+    ('{"input": ["a", 1.5]}', "input[1] must be a string (got a number)", "input[1]"),
+    ('{"input": ["a", [1, 2]]}', "input[1] must be a string (token ids are not accepted)", "input[1]"),
+    ('{"input": ["a", ""]}', "input[1] is an empty string", "input[1]"),
+    ('{"input": []}', "'input' must not be empty", "input"),
+    ('{"model": "m"}', "'input' is required: a string or a list of strings", "input"),
+    ('{"input": "a", "model": ["m"]}', "'model' must be a string", "model"),
+    ('{"input": "a", "encoding_format": "FLOAT"}', "'encoding_format' must be 'float' or 'base64'", "encoding_format"),
+    ('{"input": "a", "dimensions": "64"}', "'dimensions' must be 64 for this model (it does not shorten vectors)",
+     "dimensions"),
+    ('{"input": "a", "dimensions": true}', "'dimensions' must be 64 for this model (it does not shorten vectors)",
+     "dimensions"),
+    ('[{"input": "a"}]', "request body must be a JSON object", None),
+])
+def test_pydantic_errors_become_the_one_line_messages(body, message, param):
+    from embedtune.serve import ApiError
+
+    with pytest.raises(ApiError) as caught:
+        parse_request(body.encode(), ServeLimits(), 64)
+    assert (caught.value.message, caught.value.param, caught.value.status) == (message, param, 400)
+
+
+def test_parse_request_takes_what_openai_sends():
+    limits = ServeLimits(max_items=3)
+    assert parse_request(b'{"input": ["a", "b"], "dimensions": 64.0, "encoding_format": "base64"}', limits, 64) == (
+        ["a", "b"], "base64")
+    assert parse_request(b'{"input": "a", "model": null, "encoding_format": null, "dimensions": null}', limits,
+                         64) == (["a"], "float")
+
+
+# ---- without the serve extra --------------------------------------------------------------------------------------
+def extra_missing(module: str) -> str:
+    return f"serving needs the 'serve' extra ({module} is not installed): pip install 'embedtune[serve]'"
+
+
+@pytest.mark.parametrize("missing", ["fastapi", "uvicorn"])
+def test_serving_without_the_serve_extra_says_what_to_install(tiny_embedder, monkeypatch, missing):
+    from embedtune.errors import EmbedtuneError
+    from embedtune.serve import require_serve_extra, serve
+    from embedtune.serve import server as server_module
+
+    def no_bind(*args):
+        raise AssertionError("the socket must not be bound without the extra")
+
+    monkeypatch.setattr(server_module, "_bind", no_bind)
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import fastapi` meets when it is not installed
+    with pytest.raises(EmbedtuneError) as caught:
+        require_serve_extra()
+    assert str(caught.value) == extra_missing(missing)
+    for start in (serve, start_server):
+        with pytest.raises(EmbedtuneError, match=r"pip install 'embedtune\[serve\]'"):
+            start(tiny_embedder, port=0)
+    monkeypatch.delitem(sys.modules, missing)
+    require_serve_extra()  # (installed again: no error)
+
+
+def test_cli_serve_without_the_serve_extra_is_one_line(monkeypatch, capsys):
+    from embedtune import cli
+    from embedtune.models import embedder as embedder_module
+
+    monkeypatch.setattr(embedder_module.Embedder, "from_config", classmethod(lambda cls, config: "embedder"))
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert cli.main(["serve", "--model", "m", "--port", "0"]) == 2
+    assert capsys.readouterr().err == f"embedtune: error: {extra_missing('uvicorn')}\n"
+
+
+def test_serve_imports_without_fastapi_uvicorn_or_pydantic():
+    """What the CLI imports before it knows whether the extra is there: the limits and `serve` itself."""
+    code = ("import sys\n"
+            "for name in ('fastapi', 'uvicorn', 'starlette', 'pydantic'):\n"
+            "    sys.modules[name] = None\n"
+            "from embedtune.errors import EmbedtuneError\n"
+            "from embedtune.serve import API_KEY_ENV, ServeLimits, serve\n"
+            "ServeLimits(max_items=4).validate()\n"
+            "try:\n"
+            "    serve(None)\n"
+            "except EmbedtuneError as err:\n"
+            "    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == extra_missing("fastapi")

@@ -22,6 +22,8 @@ from embedtune import serve as serve_module
 from embedtune.errors import ConfigError
 from embedtune.models.embedder import Embedder
 from embedtune.serve import ServeLimits, start_server
+from embedtune.serve import guard as guard_module
+from embedtune.serve import service as service_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP = 32 * 1024
@@ -131,7 +133,7 @@ def test_urllib_gets_the_413_for_an_oversize_body(server):
 
 def test_an_endless_body_is_drained_only_so_far(server, monkeypatch):
     """A client that declares 1 GiB gets its 413 at once; the server reads on no more than DRAIN_BYTES."""
-    monkeypatch.setattr(serve_module, "DRAIN_BYTES", 1024 * 1024)
+    monkeypatch.setattr(guard_module, "DRAIN_BYTES", 1024 * 1024)
     with connect(server) as sock:
         sock.sendall(head("POST", "/v1/embeddings", {"Content-Length": str(1 << 30)}))
         status, got_headers, raw = read_response(sock)  # before any of the body is sent
@@ -146,7 +148,7 @@ def test_an_endless_body_is_drained_only_so_far(server, monkeypatch):
 
 
 def test_a_refused_client_that_stops_sending_is_closed_after_drain_seconds(server, monkeypatch):
-    monkeypatch.setattr(serve_module, "DRAIN_SECONDS", 0.5)
+    monkeypatch.setattr(guard_module, "DRAIN_SECONDS", 0.5)
     with connect(server) as sock:
         sock.sendall(head("POST", "/v1/embeddings", {"Content-Length": str(CAP + 1)}) + b"{")
         start = time.monotonic()
@@ -162,7 +164,7 @@ def test_a_client_waiting_for_100_continue_is_refused_without_waiting(server):
         start = time.monotonic()
         status, _, _ = read_response(sock)  # no "100 Continue" first: the answer is final
         assert status == 413 and sock.recv(1) == b""
-        assert time.monotonic() - start < serve_module.DRAIN_SECONDS
+        assert time.monotonic() - start < guard_module.DRAIN_SECONDS
 
 
 # ---- 2. too many items or tokens ----------------------------------------------------------------------------
@@ -334,7 +336,7 @@ def test_a_client_gone_while_queued_is_withdrawn(tiny_embedder, monkeypatch):
 def test_a_client_that_never_reads_is_cut_off(tiny_embedder, monkeypatch):
     """Pipelined requests whose answers are never read: once the unread bytes fill the buffers, the next answer
     waits; after SEND_TIMEOUT_S the server drops that connection and its request slot, and serves the rest."""
-    monkeypatch.setattr(serve_module, "SEND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(guard_module, "SEND_TIMEOUT_S", 1.0)
     limits = ServeLimits(max_items=256, max_tokens=100_000, max_request_bytes=1 << 20)
     body = json.dumps({"input": [f"text number {i}" for i in range(256)]}).encode()  # ~300 KB of answer each
     request = head("POST", "/v1/embeddings", {"Content-Length": str(len(body))}) + body
@@ -376,8 +378,8 @@ def test_without_the_right_key_401(keyed_server, authorization):
 
 def test_with_the_key_served_and_compared_in_constant_time(keyed_server, monkeypatch):
     calls = []
-    compare = serve_module.hmac.compare_digest
-    monkeypatch.setattr(serve_module.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or compare(a, b))
+    compare = service_module.hmac.compare_digest
+    monkeypatch.setattr(service_module.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or compare(a, b))
     for authorization in (f"Bearer {KEY}", f"bearer {KEY}", f"Bearer  {KEY} "):
         assert len(embed(keyed_server, "a dog", {"Authorization": authorization})["data"]) == 1
     assert len(calls) == 3 and all(len(a) == len(b) == 32 for a, b in calls)  # digests, never the key itself

@@ -17,10 +17,10 @@ import torch
 from embedtune.cli import main
 from embedtune.config import Config, ModelConfig
 from embedtune.errors import ConfigError
-from embedtune.files import FAULT_ENV
 from embedtune.models.embedder import Embedder
 from embedtune.runs import load_sweep
 from embedtune.sweep import Baselines, parse_grid, parse_zip, plan_runs, split_values
+from embedtune.testing.faults import FAULT_ENV
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._+,=~-]+")
 

@@ -1,16 +1,22 @@
 """embedtune: contrastive LoRA fine-tuning that turns small LMs into text-embedding models, and STS scoring.
 
-Public API (names only; the logic lives in the modules named beside each). Imported lazily, so that the
-command line can set up its process (embedtune.runtime) before torch loads.
+Public API (names only; the logic lives in the modules named beside each), imported lazily. Importing embedtune
+changes nothing in the process, no environment variable included: the `embedtune` command sets its process up in
+its entry point (embedtune.launch), and a Python user who wants the same calls
+embedtune.runtime.configure_process() first.
 """
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
-from embedtune.runtime import apply_kernel_cache_limits
+from embedtune.hooks import FAULT_ENV
 
-apply_kernel_cache_limits()  # before any matmul: oneDNN reads the limits when its caches are first used
+if os.environ.get(FAULT_ENV):  # the reliability tests' faults (docs/RELIABILITY.md): never set in normal use
+    from embedtune.testing.faults import arm_from_environment
+
+    arm_from_environment()
 
 # mteb itself is imported only when an adapter is built.
 _EXPORTS = {"encode": "embedtune.api", "evaluate": "embedtune.api", "export": "embedtune.api", "run": "embedtune.api",

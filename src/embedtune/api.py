@@ -120,21 +120,8 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
 
 def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bool = False,
            card_info: dict | None = None, **options: Any) -> Path:
-    """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself.
-
-    `model` is a --model value or a ModelConfig; `adapter` (None: the ModelConfig's) and `options` (ModelConfig
-    fields: pooling, prompt, max_length, trust_remote_code) are set on it.
+    """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself (embedtune.export.export).
     """
-    import dataclasses
+    from embedtune.export import export as export_folder
 
-    from embedtune.config import ModelConfig
-    from embedtune.export import export_model
-
-    config = Config()
-    if isinstance(model, ModelConfig):
-        config.model = dataclasses.replace(model)
-    else:
-        config.model.name = model
-    given = {**options, **({"adapter": adapter} if adapter is not None else {})}
-    config.update({"model": given} if given else {}, "export()")
-    return export_model(config.validate().model, out, adapter_only=adapter_only, card_info=card_info)
+    return export_folder(model, adapter, out, adapter_only=adapter_only, card_info=card_info, **options)

@@ -2,20 +2,24 @@
 
 YAML files use the section names below (`model:`, `data:`, `lora:`, `train:`, `eval:`); CLI flags set the
 same fields (a flag given on the command line wins over the file). Unknown keys are errors, not warnings.
+Each field declares its option once (`options.option`: help, flag, choices, check): the CLI's flags, the loader's
+type checks and `validate()` are all built from these declarations; CROSS_CHECKS holds what reads two fields.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
+import logging
 import re
-import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
 
 from embedtune.errors import ConfigError
+from embedtune.options import EVAL, MODEL, RUN, TRAIN, Check, above, at_least, declared, one_line, option, shown, within
 
 # Each choice is spelled here once; the CLI, the Embedder and the backend read these tuples.
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -37,101 +41,180 @@ DEFAULT_MAX_LENGTH = 512  # when neither the config nor a saved embedder folder 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """'20m', '1h30m', '90s' or plain seconds ('900') -> seconds."""
+    cleaned = text.strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+        raise ConfigError(f"time budget must look like 20m, 1h30m, 90s or 900 (seconds), got {shown(text)}")
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+NO_BUDGET = ("off", "none")  # a time budget that lifts the config's (configs/cpu-quick.yaml sets 20m)
+
+
+def budget_seconds(text: str | None) -> float | None:
+    """A time budget in seconds; None for no budget: unset, 'off', 'none' or zero."""
+    if text is None or text.strip().lower() in NO_BUDGET:
+        return None
+    return parse_duration(text) or None
+
+
+def is_device(name: str) -> bool:
+    return name in DEVICES or (name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit())
+
+
+# Each field declares its option once (options.option): help, flag, choices, check. `on` names the commands whose
+# parser has the flag (MODEL: every command that loads a model; EVAL: eval; TRAIN: train, run, sweep; RUN: run,
+# sweep); a section's helper below gives its fields their usual commands and --help group.
+_model = partial(option, on=(MODEL,), group="model")
+_data = partial(option, on=(TRAIN,), group="data")
+_lora = partial(option, on=(TRAIN,), group="LoRA")
+_train = partial(option, on=(TRAIN,), group="training")
+_eval = partial(option, on=(EVAL,), group="evaluation")
+_SAVED = "the saved folder's, else"  # None: what an exported or trained folder saved, else a default
+_PRECISION_HELP = "auto: bf16 where this machine runs it faster than fp32 (measured at start), else fp32"
+
+
 @dataclass
 class ModelConfig:
-    name: str = "gemma3-270m"  # packaged alias, hub id, local HF folder or .gguf file
-    adapter: str | None = None
-    pooling: str | None = None  # None: eos for decoder LMs, mean for encoders
-    prompt: str | None = None  # e.g. '{} is:' (paper Table 6); '{}' marks where the text goes
-    max_length: int | None = None  # None: the saved embedder folder's length, else DEFAULT_MAX_LENGTH
-    # Keep the first N decoder layers and pool after them: the layers above are dropped, so training and encoding
-    # skip their compute. None: the saved folder's count, else every layer.
-    num_layers: int | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False  # pickled weights (pytorch_model.bin, .pt) can run code when loaded: refused unless set
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
-    quantize: str | None = None  # int8: dynamic int8 linear layers for CPU inference (eval, encode, serve)
+    name: str = _model("gemma3-270m", "packaged alias (gemma3-270m, smollm2-135m, all-minilm-l6-v2), hub id, local "
+                       "Hugging Face folder or .gguf file", flag="--model")
+    adapter: str | None = _model(None, "LoRA adapter folder to apply (merged at load)", default_text="none",
+                                 metavar="DIR")
+    pooling: str | None = _model(None, "how the token vectors become one vector", choices=POOLINGS,
+                                 default_text=f"{_SAVED} eos for decoder LMs and mean for encoders")
+    prompt: str | None = _model(None, "prompt template, '{}' marks where the text goes (e.g. '{} is:', the paper's "
+                                "Table 6)", default_text=f"{_SAVED} none", metavar="TEMPLATE")
+    max_length: int | None = _model(None, "tokens per text", check=at_least(2),
+                                    default_text=f"{_SAVED} {DEFAULT_MAX_LENGTH}")
+    num_layers: int | None = _model(None, "keep the first N decoder layers and pool after them: the layers above are "
+                                    "dropped, so training and encoding skip their compute", check=at_least(1),
+                                    default_text=f"{_SAVED} every layer")
+    trust_remote_code: bool = _model(False, "allow the model's own Python code (MiniCPM-2B loads natively without it)")
+    allow_pickle: bool = _model(False, "load pickled weights (pytorch_model.bin, .pt) where a folder has no "
+                                "safetensors: a pickle can run code, so only for files you trust")
+    device: str = _model("auto", "auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N",
+                         check=Check(is_device, f"must be one of {', '.join(DEVICES)} or cuda:N, got '{{value}}'"))
+    quantize: str | None = _model(None, "int8: dynamic int8 linear layers for CPU inference (eval, encode, serve)",
+                                  choices=QUANTIZATIONS, default_text="none")
 
 
 @dataclass
 class DataConfig:
-    data_dir: str | None = None  # holds nli/triplets/ and sts/; $EMBEDTUNE_DATA_DIR when unset
-    train_files: list[str] = field(default_factory=list)  # CSV/TSV/JSONL/parquet triplets or NLI pairs
-    anchor_column: str = "sent0"
-    positive_column: str = "sent1"
-    negative_column: str = "hard_neg"
-    decontaminate: bool = True  # drop training rows whose sentences occur in the STS evaluation sets
-    max_train_samples: int | None = None
-    # Raw NLI pairs: one triplet per entailed hypothesis (hard negatives: the premise's contradicted ones in turn),
-    # not only one per premise; without train_files, training then reads DATA_DIR/nli/pairs/.
-    all_entailed: bool = False
+    data_dir: str | None = _data(None, "folder holding nli/ (training triplets or pairs) and sts/ (the STS sets)",
+                                 on=(EVAL, TRAIN), metavar="DIR",
+                                 default_text="$EMBEDTUNE_DATA_DIR, else the Hugging Face Hub")
+    train_files: list[str] = _data([], "training files: CSV/TSV/JSONL/parquet triplets or raw NLI pairs",
+                                   flag="--train-file", default_text="DATA_DIR/nli/triplets/*", metavar="FILE")
+    anchor_column: str = _data("sent0", "column holding the anchor text", metavar="NAME")
+    positive_column: str = _data("sent1", "column holding the positive text", metavar="NAME")
+    negative_column: str = _data("hard_neg", "column holding the hard negative", metavar="NAME")
+    decontaminate: bool = _data(True, "drop training rows whose sentences occur in the STS evaluation sets")
+    max_train_samples: int | None = _data(None, "train on at most this many rows", check=at_least(1, "or unset"),
+                                          default_text="every row")
+    all_entailed: bool = _data(False, "raw NLI pairs: one triplet per entailed hypothesis (hard negatives: the "
+                               "premise's contradicted ones in turn), not only one per premise; without --train-file, "
+                               "reads DATA_DIR/nli/pairs/")
 
 
 @dataclass
 class LoraConfig:
-    r: int = 8
-    alpha: int = 32
-    dropout: float = 0.1
-    targets: str = "attention"  # attention (q,k,v,o) | qv (the paper repo's q_proj,v_proj) | all-linear | a,b,c
+    r: int = _lora(8, "LoRA rank", flag="--lora-r", check=at_least(1))
+    alpha: int = _lora(32, "LoRA scale: the update is multiplied by alpha / r", flag="--lora-alpha", check=above(0))
+    dropout: float = _lora(0.1, "dropout on LoRA's input", flag="--lora-dropout", check=within(0, 1))
+    targets: str = _lora("attention", "modules LoRA adapts: attention (q,k,v,o) | qv (the paper repo's q_proj, "
+                         "v_proj) | all-linear | comma-separated module names", flag="--lora-targets")
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/embedtune"
-    batch_size: int = 60
-    lr: float = 5e-5
-    epochs: int = 1
-    max_steps: int | None = None
-    warmup_ratio: float = 0.05
-    schedule: str = "cosine"  # after warm-up: cosine | linear (both to zero) | constant (SCHEDULES)
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    temperature: float = 0.05
-    learnable_temperature: bool = False
-    hard_negatives: bool = True
-    symmetric: bool = False  # also score each positive against every anchor and average the two directions
-    # GTE's improved contrastive loss: one softmax per triplet that also holds anchor-anchor, positive-anchor and
-    # positive-text similarities (the symmetric loss's reverse direction is one of them, so not both).
-    all_directions: bool = False
-    hardness: float = 0.0  # > 0: add hardness x stop_grad(cosine) to the logits of the negatives hardness_mode picks
-    hardness_mode: str = "hard_negatives"  # hard_negatives | in_batch | all (HARDNESS_MODES)
-    # > 0: add this x CoSENT's ranking term, every (anchor, positive) cosine above every (anchor, hard negative)
-    # one across the batch (losses/cosent.py); needs hard negatives.
-    cosent: float = 0.0
-    gradient_checkpointing: bool = False
-    precision: str = "auto"  # auto: the backend measures whether this machine runs bf16 faster than fp32
-    seed: int = 42
-    eval_steps: int = 50  # 0 turns dev evaluation off
-    save_steps: int = 100
-    save_total_limit: int = 2
-    resume: bool = False
-    chunk_tokens: int = 4096  # token budget per forward call (padded chunk or packed row) inside a batch
-    packing: bool = True  # causal decoders: pack texts into rows without padding (models/packing.py)
-    loss: str = "infonce"  # infonce | cached (GradCache: one mini-batch's activations at a time, ~1 extra forward)
-    mini_batch_tokens: int = 1024  # cached loss: tokens per mini-batch
-    # Across ranks: other ranks' candidates gathered with gradient (exact: the single-process gradient), or
-    # without (cheaper backward; each rank's candidates then get only its own anchors' gradient).
-    gather_with_grad: bool = True
-    log_steps: int = 1
-    time_budget: str | None = None  # `run` only: e.g. '20m', '1h30m'; sizes steps and dev evaluation to fit
-    select: str = "best"  # `run` only: best (by dev score; final when no dev evaluation ran) | final
-    on_bad_loss: str = "stop"  # stop | skip (drop that step's update, count it; stop after max_bad_steps in a row)
-    max_bad_steps: int = 5  # skip: consecutive bad steps that stop the run anyway
-    spike_factor: float | None = None  # a loss above this x the running median counts as bad (None: off)
+    output_dir: str = _train("runs/embedtune", "folder for checkpoints, the final adapter and the report",
+                             group="output", required=True, metavar="DIR")
+    batch_size: int = _train(60, "triplets per step (each anchor's negatives include the other triplets' texts)",
+                             check=at_least(2, "in-batch negatives need company"))
+    lr: float = _train(5e-5, "peak learning rate", check=above(0, finite=True))
+    epochs: int = _train(1, "passes over the training data", check=at_least(1))
+    max_steps: int | None = _train(None, "stop after this many steps", check=at_least(1),
+                                   default_text="the epochs' steps")
+    warmup_ratio: float = _train(0.05, "share of the steps that warm the learning rate up linearly",
+                                 check=within(0, 1))
+    schedule: str = _train("cosine", "learning rate after the warm-up: cosine or linear decay to zero, or constant",
+                           choices=SCHEDULES)
+    weight_decay: float = _train(0.01, "AdamW weight decay", check=at_least(0))
+    max_grad_norm: float = _train(1.0, "clip the gradient's norm to this", check=above(0))
+    temperature: float = _train(0.05, "InfoNCE temperature: the logits are cosines / temperature", check=above(0))
+    learnable_temperature: bool = _train(False, f"learn the temperature (kept in [{MIN_TEMPERATURE}, "
+                                         f"{MAX_TEMPERATURE}])")
+    hard_negatives: bool = _train(True, "use the hard-negative column (off: the paper's Table 5 ablation)")
+    symmetric: bool = _train(False, "also train each positive to find its anchor among all anchors, averaging both "
+                             "directions")
+    all_directions: bool = _train(False, "GTE's loss: one softmax per triplet that also holds the other anchors and, "
+                                  "for the positive, every anchor and the other triplets' texts (replaces --symmetric)")
+    hardness: float = _train(0.0, "weight negatives by how hard they are: add this x their cosine (no gradient "
+                             "through it) to their logits; EmbeddingGemma used 5 on hard negatives",
+                             check=at_least(0, finite=True), default_text="0, off")
+    hardness_mode: str = _train("hard_negatives", "negatives --hardness reaches: each anchor's own hard negative, "
+                                "the other triplets' texts (in_batch), or both (all)", choices=HARDNESS_MODES)
+    cosent: float = _train(0.0, "add this x CoSENT's ranking loss: every (anchor, positive) cosine of the batch "
+                           "above every (anchor, hard negative) one, as STS ranks pairs; needs hard negatives",
+                           check=at_least(0, finite=True), default_text="0, off")
+    gradient_checkpointing: bool = _train(False, "trade compute for activation memory")
+    precision: str = _train("auto", _PRECISION_HELP, choices=PRECISIONS)
+    seed: int = _train(42, "random seed: data order, LoRA's initial weights, dropout")
+    eval_steps: int = _train(50, "score the STSBenchmark dev set every N steps, 0 for never", check=at_least(0),
+                             group="evaluation")
+    save_steps: int = _train(100, "write a checkpoint every N steps", check=at_least(1), group="output")
+    save_total_limit: int = _train(2, "checkpoints kept", check=at_least(1), group="output")
+    resume: bool = _train(False, "continue from the newest checkpoint in --output-dir", group="output")
+    chunk_tokens: int = _train(4096, "tokens per forward call (a padded chunk or a packed row) inside a batch: "
+                               "lower it to save memory", check=at_least(16))
+    packing: bool = _train(True, "pack each batch's texts into rows without padding (causal decoders)")
+    loss: str = _train("infonce", "cached = GradCache: the same loss and gradients, one mini-batch's activations in "
+                       "memory at a time (about one extra forward)", choices=LOSSES)
+    mini_batch_tokens: int = _train(1024, "--loss cached: tokens per mini-batch", check=at_least(16))
+    gather_with_grad: bool = _train(True, "across ranks (torchrun, accelerate): gather the other ranks' positives "
+                                    "and negatives with gradient, so the gradient equals one process's (off: a "
+                                    "cheaper, approximate backward)", group="distributed")
+    time_budget: str | None = _train(None, "wall-clock budget, e.g. 20m or 1h30m: the steps and dev evaluations are "
+                                     "sized to fit; off (or 0) lifts one a config file sets", on=(RUN,),
+                                     default_text="none", metavar="DURATION",
+                                     check=Check(lambda t: (budget_seconds(t) or 1) > 0, "must be a duration"))
+    select: str = _train("best", "adapter to evaluate and report: best by STSBenchmark dev score (the final one when "
+                         "no dev evaluation ran) or final", choices=SELECTIONS, on=(RUN,), group="evaluation")
+    on_bad_loss: str = _train("stop", "a NaN/inf loss or gradient (or a loss spike): stop (the last good checkpoint "
+                              "stays) or skip that step's update", choices=BAD_LOSS_POLICIES)
+    max_bad_steps: int = _train(5, "--on-bad-loss skip: stop anyway after this many bad steps in a row",
+                                check=at_least(1))
+    spike_factor: float | None = _train(None, "count a loss above this x the running median of recent losses as bad",
+                                        check=above(1, "or unset", finite=True), default_text="off")
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=list)  # empty: all nine
-    batch_size: int = 64
-    precision: str = "auto"
-    output: str | None = None
-    # Retrieval tasks: templates ('{}' marks the text) replacing model.prompt for queries / documents; None: keep it.
-    query_prompt: str | None = None
-    document_prompt: str | None = None
-    # `run` and `sweep`: reuse a base model's evaluation from the cache (keyed by the model, the evaluation
-    # settings and the data files' content); False scores it again.
-    cache: bool = True
+    tasks: list[str] = _eval([], "sets to score: STS (sts12 sts13 sts14 sts15 sts16 sts17 stsbenchmark biosses "
+                             "sickr), pair-classification and retrieval sets, by packaged name or folder under "
+                             "DATA_DIR/pairs/ and DATA_DIR/retrieval/", on=(EVAL, TRAIN),
+                             default_text="the nine STS sets", metavar="TASK")
+    batch_size: int = _eval(64, "texts per batch when encoding for evaluation", check=at_least(1), on=(EVAL, TRAIN),
+                            flag={EVAL: "--batch-size", TRAIN: "--eval-batch-size"})
+    precision: str = _eval("auto", _PRECISION_HELP, choices=PRECISIONS)
+    output: str | None = _eval(None, "results JSON (a Markdown table is written beside it)", group="output",
+                               default_text="none, the table is only printed", metavar="FILE")
+    query_prompt: str | None = _eval(None, "retrieval: prompt template for queries", default_text="--prompt",
+                                     metavar="TEMPLATE")
+    document_prompt: str | None = _eval(None, "retrieval: prompt template for documents", default_text="--prompt",
+                                        metavar="TEMPLATE")
+    cache: bool = _eval(True, "reuse the base model's evaluation from the cache, keyed by the model, the evaluation "
+                        "settings and the data files' content (--no-cache scores it again)", on=(RUN,))
+
+
+# Options read by nothing any more: a file that still sets one loads, with a warning naming it.
+RETIRED = {"train.log_steps": "nothing read it"}
 
 
 @dataclass
@@ -165,101 +248,62 @@ class Config:
         sections = {f.name: getattr(self, f.name) for f in fields(self)}
         for section_name, values in raw.items():
             if section_name not in sections:
-                raise ConfigError(f"{source}: unknown section {_shown(section_name)}{_bool_key_hint(section_name)} "
+                raise ConfigError(f"{source}: unknown section {shown(section_name)}{_bool_key_hint(section_name)} "
                                   f"(valid: {', '.join(sections)})")
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: section '{section_name}' must be a mapping")
-            _set_fields(sections[section_name], values, f"{source}: {section_name}")
+            _set_fields(sections[section_name], section_name, values, source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def validate(self) -> Config:
-        """Reject invalid values before any long work starts."""
-        t, m, lo = self.train, self.model, self.lora
-        checks = [
-            (t.lr > 0 and math.isfinite(t.lr), f"train.lr must be > 0, got {t.lr}"),
-            (t.batch_size >= 2, f"train.batch_size must be >= 2 (in-batch negatives need company), got {t.batch_size}"),
-            (t.temperature > 0, f"train.temperature must be > 0, got {t.temperature}"),
-            (not t.learnable_temperature or MIN_TEMPERATURE <= t.temperature <= MAX_TEMPERATURE,
-             f"train.temperature must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] when learnable (it is clamped "
-             f"to that range during training), got {t.temperature}"),
-            (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
-            (t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}"),
-            (0 <= t.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}"),
-            (t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'"),
-            (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
-            (t.max_grad_norm > 0, f"train.max_grad_norm must be > 0, got {t.max_grad_norm}"),
-            (t.eval_steps >= 0, f"train.eval_steps must be >= 0, got {t.eval_steps}"),
-            (t.save_steps >= 1, f"train.save_steps must be >= 1, got {t.save_steps}"),
-            (t.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {t.save_total_limit}"),
-            (t.chunk_tokens >= 16, f"train.chunk_tokens must be >= 16, got {t.chunk_tokens}"),
-            (t.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got '{t.loss}'"),
-            (not (t.symmetric and t.all_directions),
-             "train.all_directions already scores each positive against every anchor: turn train.symmetric off "
-             "(--no-symmetric)"),
-            (t.hardness >= 0 and math.isfinite(t.hardness), f"train.hardness must be >= 0, got {t.hardness}"),
-            (t.hardness_mode in HARDNESS_MODES,
-             f"train.hardness_mode must be one of {', '.join(HARDNESS_MODES)}, got '{t.hardness_mode}'"),
-            (not t.hardness or t.hard_negatives or t.hardness_mode != "hard_negatives",
-             "train.hardness with hardness_mode hard_negatives weights the hard negatives, which are off "
-             "(--no-hard-negatives): pick --hardness-mode in_batch or all"),
-            (t.cosent >= 0 and math.isfinite(t.cosent), f"train.cosent must be >= 0, got {t.cosent}"),
-            (not t.cosent or t.hard_negatives,
-             "train.cosent ranks (anchor, positive) pairs above (anchor, hard negative) pairs, and hard negatives "
-             "are off (--no-hard-negatives)"),
-            (t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}, got '{t.select}'"),
-            (t.on_bad_loss in BAD_LOSS_POLICIES,
-             f"train.on_bad_loss must be one of {', '.join(BAD_LOSS_POLICIES)}, got '{t.on_bad_loss}'"),
-            (t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}"),
-            (t.spike_factor is None or (t.spike_factor > 1 and math.isfinite(t.spike_factor)),
-             f"train.spike_factor must be > 1 (or unset), got {t.spike_factor}"),
-            (t.mini_batch_tokens >= 16, f"train.mini_batch_tokens must be >= 16, got {t.mini_batch_tokens}"),
-            (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got '{t.precision}'"),
-            (self.eval.precision in PRECISIONS, f"eval.precision must be one of {', '.join(PRECISIONS)}"),
-            (self.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.eval.batch_size}"),
-            (m.pooling is None or m.pooling in POOLINGS, f"model.pooling must be one of {', '.join(POOLINGS)}"),
-            (m.max_length is None or m.max_length >= 2, f"model.max_length must be >= 2, got {m.max_length}"),
-            (m.num_layers is None or m.num_layers >= 1, f"model.num_layers must be >= 1, got {m.num_layers}"),
-            (m.quantize is None or m.quantize in QUANTIZATIONS,
-             f"model.quantize must be one of {', '.join(QUANTIZATIONS)}, got '{m.quantize}'"),
-            (is_device(m.device), f"model.device must be one of {', '.join(DEVICES)} or cuda:N, got '{m.device}'"),
-            (lo.r >= 1, f"lora.r must be >= 1, got {lo.r}"),
-            (lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}"),
-            (0 <= lo.dropout < 1, f"lora.dropout must be in [0, 1), got {lo.dropout}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(_one_line(message))
-        for f in fields(self):  # inf passes checks such as "> 0": no float option means anything at infinity
-            for name, value in vars(getattr(self, f.name)).items():
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ConfigError(f"{f.name}.{name} must be a finite number, got {value}")
-        if self.data.max_train_samples is not None and self.data.max_train_samples < 1:
-            raise ConfigError(f"data.max_train_samples must be >= 1 (or unset), got {self.data.max_train_samples}")
-        if t.time_budget is not None:
-            if parse_duration(t.time_budget) <= 0:
-                raise ConfigError(f"train.time_budget must be positive, got {_shown(t.time_budget)}")
+        """Reject invalid values before any long work starts: each field's own check, then CROSS_CHECKS."""
+        for declared_option in OPTIONS:
+            problem = declared_option.problem(getattr(getattr(self, declared_option.section), declared_option.name))
+            if problem is not None:
+                raise ConfigError(one_line(problem))
+        for ok, message in CROSS_CHECKS:
+            if not ok(self):
+                raise ConfigError(one_line(message.format(c=self)))
         return self
 
 
-_SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 40, 40, 30, 2
-_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 4
+OPTIONS = declared(Config)
+_BY_KEY = {o.key: o for o in OPTIONS}
+
+# The checks that read more than one field ({c} in a message is the config).
+CROSS_CHECKS: tuple[tuple[Callable[[Config], bool], str], ...] = (
+    (lambda c: not c.train.learnable_temperature or MIN_TEMPERATURE <= c.train.temperature <= MAX_TEMPERATURE,
+     f"train.temperature must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] when learnable (it is clamped to that "
+     "range during training), got {c.train.temperature}"),
+    (lambda c: not (c.train.symmetric and c.train.all_directions),
+     "train.all_directions already scores each positive against every anchor: turn train.symmetric off "
+     "(--no-symmetric)"),
+    (lambda c: not c.train.hardness or c.train.hard_negatives or c.train.hardness_mode != "hard_negatives",
+     "train.hardness with hardness_mode hard_negatives weights the hard negatives, which are off "
+     "(--no-hard-negatives): pick --hardness-mode in_batch or all"),
+    (lambda c: not c.train.cosent or c.train.hard_negatives,
+     "train.cosent ranks (anchor, positive) pairs above (anchor, hard negative) pairs, and hard negatives are off "
+     "(--no-hard-negatives)"),
+)
 
 
-def _shown(value: Any) -> str:
-    """A value for a message: repr, cut short, one line whatever it holds."""
-    try:
-        return _SHORT.repr(value)
-    except ValueError:  # an integer past Python's 4300-digit limit for str()
-        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<{type(value).__name__}>"
-
-
-def _one_line(message: str, limit: int = 300) -> str:
-    """Line breaks and other unprintable characters escaped, and long messages cut: an error is one short line."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _set_fields(section: Any, section_name: str, values: dict[str, Any], source: str) -> None:
+    known = {f.name for f in fields(section)}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: {section_name}: key {shown(key)} is not a name{_bool_key_hint(key)}")
+        name = key.replace("-", "_")
+        retired = RETIRED.get(f"{section_name}.{name}")
+        if retired:
+            logging.getLogger(__name__).warning(f"{source}: {section_name}.{key} is ignored ({retired}; it is no "
+                                                f"longer an option): remove it")
+            continue
+        if name not in known:
+            raise ConfigError(f"{source}: {section_name}: unknown key {shown(key)} "
+                              f"(valid: {', '.join(sorted(known))})")
+        setattr(section, name, _BY_KEY[f"{section_name}.{name}"].take(value, f"{source}: {section_name}.{key}"))
 
 
 def _kind(value: Any) -> str:
@@ -291,93 +335,20 @@ def _load_yaml(path: Path) -> Any:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = " ".join(p for p in (err.context, err.problem) if p) or type(err).__name__
-        raise ConfigError(_one_line(f"{where}: invalid YAML ({problem})")) from None
+        raise ConfigError(one_line(f"{where}: invalid YAML ({problem})")) from None
     except yaml.reader.ReaderError as err:
         line = text[: err.position].count("\n") + 1
         code = err.character if isinstance(err.character, int) else ord(err.character)
         raise ConfigError(f"{path}:{line}: invalid YAML ({err.reason}: character U+{code:04X})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(_one_line(f"{path}: invalid YAML ({str(err).strip().splitlines()[0]})")) from None
+        raise ConfigError(one_line(f"{path}: invalid YAML ({str(err).strip().splitlines()[0]})")) from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:
         # PyYAML's constructors fail this way on scalars such as 2001-13-45, !!int abc, !!bool maybe, !!timestamp x
         # or an integer of more than 4300 digits.
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(_one_line(f"{path}: invalid YAML (a value PyYAML cannot construct: {detail})", 200)) \
+        raise ConfigError(one_line(f"{path}: invalid YAML (a value PyYAML cannot construct: {detail})", 200)) \
             from None
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """'20m', '1h30m', '90s' or plain seconds ('900') -> seconds."""
-    cleaned = text.strip().lower().replace(" ", "")
-    parts = _DURATION_PART.findall(cleaned)
-    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
-        raise ConfigError(f"time budget must look like 20m, 1h30m, 90s or 900 (seconds), got {_shown(text)}")
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)
-
-
-def is_device(name: str) -> bool:
-    return name in DEVICES or (name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit())
-
-
-def _set_fields(section: Any, values: dict[str, Any], where: str) -> None:
-    hints = get_type_hints(type(section))
-    known = {f.name for f in fields(section)}
-    for key, value in values.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"{where}: key {_shown(key)} is not a name{_bool_key_hint(key)}")
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ConfigError(f"{where}: unknown key {_shown(key)} (valid: {', '.join(sorted(known))})")
-        setattr(section, name, _coerce(value, hints[name], f"{where}.{key}"))
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a YAML/CLI value against the field's type; ints are accepted where floats are expected."""
-    text = str(hint)
-    if value is None:
-        if "None" in text:
-            return None
-        raise ConfigError(f"{where}: must not be empty")
-    if text.startswith("list"):
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {_shown(value)}")
-        for item in value:  # names and paths: a nested list, a mapping or a null is a mistake, not a name
-            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-                raise ConfigError(f"{where}: expected a list of names, got {_shown(item)} in it")
-        return [str(v) for v in value]
-    for kind in (bool, int, float, str):
-        if kind.__name__ in text:
-            return _as(kind, value, where)
-    return value
-
-
-def _as(kind: type, value: Any, where: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes", "on"):
-            return True
-        if str(value).lower() in ("false", "0", "no", "off"):
-            return False
-    elif kind is int and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,4000}", value):  # ASCII digits only: not '²' or '--5'
-            return int(value)
-    elif kind is float and not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
-            pass
-    elif kind is str:
-        if not isinstance(value, (list, dict, set, tuple, bytes)):
-            return str(value)
-    raise ConfigError(f"{where}: expected {kind.__name__}, got {_shown(value)}")

@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from embedtune.config import Config, parse_duration
+from embedtune.config import Config, budget_seconds
 from embedtune.distributed import check_launch, launched_ranks, same_on_every_rank
 from embedtune.evaluation.html_report import write_run_page
 from embedtune.evaluation.report import comparison_markdown, eval_markdown
@@ -242,7 +242,7 @@ def time_budget(config: Config, base: EvalResult, started: float) -> TimeBudget:
     per_sentence = base.seconds / max(1, base.unique_sentences or 1)
     dev = dev_evaluator(config)
     dev_s = per_sentence * len(dev.unique_sentences) if dev is not None else 0.0
-    budget_s = parse_duration(config.train.time_budget) if config.train.time_budget else None
+    budget_s = budget_seconds(config.train.time_budget)
     return TimeBudget(budget_s, started, final_eval_s=base.seconds, dev_eval_s=dev_s,
                       eval_steps=config.train.eval_steps, report_s=REPORT_S)
 

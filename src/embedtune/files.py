@@ -9,15 +9,9 @@ A write that fails for lack of room or permission raises StorageError: one line 
 the free space there. Libraries that write files themselves (safetensors, torch) report such failures in their
 own exception types; the writers recognise those too.
 
-Fault injection, for the reliability tests (docs/RELIABILITY.md): `EMBEDTUNE_FAULT="ACTION:KIND:N[,...]"` (or
-`injected_faults(spec)` in-process) arms faults at named events. KIND is a write's kind (`checkpoint`, `final`,
-`best`, `export`, `encode`, `gguf-convert`, `bf16-copy`, or a file's name such as `report.json`), or one of
-the trainer's events `step` (after step N, checkpoint included) and `loss` (the loss of step N); `*` matches
-any kind. N is the event's number: the step for `step`/`loss`, else the n-th write of that kind in this process
-(1-based); `*` matches every one. ACTION is `kill` (SIGKILL in the middle of the write: after half of its
-bytes, before the rename; or at a step), `kill-swap` (SIGKILL after an existing folder was moved aside and
-before the new one took its place), `enospc`/`erofs`/`eacces`/`eio` (that OSError, mid-write), or `nan`/`inf`/
-`spike` (returned to the caller: the trainer makes that loss NaN, inf or 1000x).
+The reliability tests reach inside a write at two points, half-way (content flushed, nothing renamed) and, for a
+folder that replaces another, between the swap's two renames: `embedtune.hooks.hook`, a no-op unless a test arms
+it (embedtune.testing.faults, `EMBEDTUNE_FAULT` in docs/RELIABILITY.md).
 """
 from __future__ import annotations
 
@@ -26,16 +20,14 @@ import json
 import os
 import re
 import shutil
-import signal
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from embedtune.errors import ConfigError, StorageError
+from embedtune.errors import StorageError
+from embedtune.hooks import hook
 
 TEMP_TAG = ".tmp-"  # in every temporary name: `.NAME.tmp-XXXXXXXX`
 # Failures that mean "this place cannot take the write", as opposed to a bug in what is being written.
@@ -47,7 +39,6 @@ def write_file_atomically(path: str | Path, write: Callable[[IO[bytes]], None], 
     """write(f) fills a temporary binary file, which then replaces `path`."""
     path = Path(path)
     kind = kind or path.name
-    number = _count(kind)
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +47,7 @@ def write_file_atomically(path: str | Path, write: Callable[[IO[bytes]], None], 
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            _inject_mid_write(kind, number, path, tmp)
+            hook("mid-write", kind=kind, path=path, tmp=tmp)  # where the fault tests cut or kill a write
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -79,19 +70,18 @@ def write_folder_atomically(target: str | Path, write: Callable[[Path], None], k
     written after everything else, so that its presence means the folder is complete."""
     target = Path(target)
     kind = kind or target.name
-    number = _count(kind)
     tmp: Path | None = None
     try:
         recover_folder(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{TEMP_TAG}"))
         write(tmp)
-        _inject_mid_write(kind, number, target, tmp)
+        hook("mid-write", kind=kind, path=target, tmp=tmp)
         if marker is not None:
             name, text = marker
             (tmp / name).write_text(text(tmp), encoding="utf-8")
         _fsync_tree(tmp)
-        _replace_dir(tmp, target, kind, number)
+        _replace_dir(tmp, target, kind)
     except BaseException as err:
         _raise_storage_error(target, err)
         raise
@@ -105,13 +95,13 @@ def _aside(target: Path) -> Path:
     return target.with_name(f".{target.name}-old")
 
 
-def _replace_dir(source: Path, target: Path, kind: str, number: int) -> None:
+def _replace_dir(source: Path, target: Path, kind: str) -> None:
     # os.replace cannot overwrite a non-empty directory: move the old one aside first, then drop it.
     if target.exists():
         aside = _aside(target)
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(target, aside)
-        _inject(kind, number, ("kill-swap",), target)
+        hook("folder-swap", kind=kind, path=target)  # the fault tests' kill-swap
         os.replace(source, target)
         _fsync_dir(target.parent)
         shutil.rmtree(aside, ignore_errors=True)
@@ -269,109 +259,3 @@ def read_json_or(path: str | Path, default=None):
     except (OSError, ValueError):
         return default
     return value if isinstance(value, type(default)) else default
-
-
-# ---- fault injection ------------------------------------------------------------------------------------------
-
-FAULT_ENV = "EMBEDTUNE_FAULT"
-ERRNO_ACTIONS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eacces": errno.EACCES, "eio": errno.EIO}
-KILL_ACTIONS = ("kill", "kill-swap")
-VALUE_ACTIONS = ("nan", "inf", "spike")  # the caller acts on these
-_MID_WRITE = ("kill", *ERRNO_ACTIONS)
-
-
-@dataclass(frozen=True)
-class Fault:
-    action: str
-    kind: str  # or "*"
-    number: int | None  # None: every event of that kind
-
-
-_override: str | None = None
-_parsed: tuple[str, list[Fault]] | None = None
-_counts: dict[str, int] = {}
-
-
-def parse_faults(spec: str) -> list[Fault]:
-    faults = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        action, sep, rest = part.partition(":")
-        kind, sep2, number = rest.rpartition(":")
-        if not (sep and sep2 and kind) or action not in (*KILL_ACTIONS, *ERRNO_ACTIONS, *VALUE_ACTIONS) or not (
-                number == "*" or number.isdigit()):
-            raise ConfigError(f"{FAULT_ENV}: expected ACTION:KIND:N (ACTION one of "
-                              f"{', '.join((*KILL_ACTIONS, *ERRNO_ACTIONS, *VALUE_ACTIONS))}; N a number or *), "
-                              f"got '{part}'")
-        faults.append(Fault(action, kind, None if number == "*" else int(number)))
-    return faults
-
-
-def _armed() -> list[Fault]:
-    global _parsed
-    spec = _override if _override is not None else os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return []
-    if _parsed is None or _parsed[0] != spec:
-        _parsed = (spec, parse_faults(spec))
-        _counts.clear()
-    return _parsed[1]
-
-
-@contextmanager
-def injected_faults(spec: str) -> Iterator[None]:
-    """Arm `spec` (the EMBEDTUNE_FAULT syntax) in this process for the duration; counts start afresh."""
-    global _override, _parsed
-    previous, _override, _parsed = _override, spec, None
-    try:
-        yield
-    finally:
-        _override, _parsed = previous, None
-
-
-def _count(kind: str) -> int:
-    if not _armed():
-        return 0
-    _counts[kind] = _counts.get(kind, 0) + 1
-    return _counts[kind]
-
-
-def _match(kind: str, number: int, actions: tuple[str, ...]) -> Fault | None:
-    for fault in _armed():
-        if fault.kind in (kind, "*") and fault.number in (None, number) and fault.action in actions:
-            return fault
-    return None
-
-
-def _inject(kind: str, number: int, actions: tuple[str, ...], path: Path | None = None) -> str | None:
-    fault = _match(kind, number, actions)
-    if fault is None:
-        return None
-    if fault.action in KILL_ACTIONS:
-        print(f"embedtune: injected fault: SIGKILL at {kind} #{number}", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-    if fault.action in ERRNO_ACTIONS:
-        code = ERRNO_ACTIONS[fault.action]
-        raise OSError(code, f"{os.strerror(code)} (injected)", str(path))
-    return fault.action
-
-
-def _inject_mid_write(kind: str, number: int, path: Path, tmp: Path) -> None:
-    """A mid-write fault: the temporary file (or a folder's largest file) is cut to half its bytes first."""
-    if _match(kind, number, _MID_WRITE) is None:
-        return
-    files = [tmp] if tmp.is_file() else sorted((p for p in tmp.rglob("*") if p.is_file()),
-                                                key=lambda p: p.stat().st_size)
-    if files:
-        with open(files[-1], "r+b") as f:
-            f.truncate(files[-1].stat().st_size // 2)
-    _inject(kind, number, _MID_WRITE, path)
-
-
-def fault(kind: str, number: int | None = None) -> str | None:
-    """A fault point outside the writers (the trainer's `step` and `loss`): kills or raises as armed, or returns
-    the value action (nan, inf, spike) for the caller to apply; None when nothing is armed here."""
-    if not _armed():
-        return None
-    return _inject(kind, _count(kind) if number is None else number, (*KILL_ACTIONS, *ERRNO_ACTIONS, *VALUE_ACTIONS))

@@ -1,8 +1,10 @@
-"""Process set-up for CPU speed and memory: a better malloc and bounded kernel caches.
+"""Process set-up for CPU speed and memory: a better malloc and bounded kernel caches; and embedtune's cache folder.
 
 The allocator must be preloaded before the process starts, so the `embedtune` command re-executes itself once
 with it (`relaunch_with_runtime`); Python API users can start their process the same way (`runtime_environment()`
-gives the variables). The cache limits only need to be set before the first matmul: importing embedtune does it.
+gives the variables). The rest only needs to happen before the first matmul and the first plot: the command's entry
+point (embedtune/launch.py) calls `configure_process()`, which a Python user may call too. Importing embedtune
+sets nothing.
 
 - **mimalloc** (PyPI `cmeel-mimalloc`) instead of glibc malloc. Training frees and reallocates ~1 GB of
   activations a step in tensors of a few MB; glibc keeps freed heap pages resident and splits them between
@@ -10,10 +12,13 @@ gives the variables). The cache limits only need to be set before the first matm
   3.1 GB after twelve, with ~1.6 GB live). Returning memory to the OS with glibc (a low mmap threshold or
   malloc_trim) costs 1.5-2.5x the step time in page faults. Under mimalloc the peak after twelve steps was
   2.38 GB against 3.14 GB (benchmarks/memory_anatomy.py).
-- **Kernel-cache limits.** oneDNN compiles a kernel per matmul shape and caches up to 1024 of them, and
-  PyTorch's ideep layer keeps its own LRU cache of 1024. With the shapes of contrastive batches changing every
-  step, the two grew by ~20 MB a step (a 150-step run at batch 32 reached 6.4 GB). Packed rows are padded to
-  a multiple of 64 tokens so that shapes recur, and the caches are capped below.
+- **Kernel-cache limits** (`configure_process`). oneDNN compiles a kernel per matmul shape and caches up to 1024
+  of them, and PyTorch's ideep layer keeps its own LRU cache of 1024. With the shapes of contrastive batches
+  changing every step, the two grew by ~20 MB a step (a 150-step run at batch 32 reached 6.4 GB). Packed rows are
+  padded to a multiple of 64 tokens so that shapes recur, and the caches are capped below.
+
+- **matplotlib's config and font cache** in embedtune's cache folder (`configure_process`): a run of the command
+  writes nothing in ~/.cache or ~/.config besides it.
 
 `EMBEDTUNE_ALLOCATOR=system` keeps glibc malloc (no re-execution); variables already set by the user win.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 ALLOCATOR_ENV = "EMBEDTUNE_ALLOCATOR"  # "mimalloc" (default where installed) or "system"
@@ -30,6 +36,14 @@ KERNEL_CACHE_LIMITS = {
     "LRU_CACHE_CAPACITY": "64",  # PyTorch ideep's cache of oneDNN computations (default 1024)
 }
 KERNEL_CACHE_DEFAULTS = {name: "1024" for name in KERNEL_CACHE_LIMITS}  # the libraries' own sizes, for benchmarks
+CACHE_ENV = "EMBEDTUNE_CACHE"  # embedtune's cache folder: GGUF conversions, bf16 copies, matplotlib's font cache
+MATPLOTLIB_ENV = "MPLCONFIGDIR"  # matplotlib reads it when first imported
+
+
+def cache_dir(environ: MutableMapping[str, str] | None = None) -> Path:
+    """$EMBEDTUNE_CACHE, else ~/.cache/embedtune: what embedtune makes once per machine and reuses."""
+    root = (os.environ if environ is None else environ).get(CACHE_ENV) or Path.home() / ".cache" / "embedtune"
+    return Path(root).expanduser()
 
 
 def mimalloc_library() -> Path | None:
@@ -63,7 +77,7 @@ def relaunch_with_runtime(argv: list[str]) -> None:
     if os.environ.get(RELAUNCHED_ENV) or not sys.executable:
         return
     extra = runtime_environment()
-    if "LD_PRELOAD" not in extra:  # the cache limits alone apply in-process (apply_kernel_cache_limits)
+    if "LD_PRELOAD" not in extra:  # the cache limits alone apply in-process (configure_process)
         return
     env = {**os.environ, **extra, RELAUNCHED_ENV: "1"}
     sys.stdout.flush()
@@ -74,7 +88,21 @@ def relaunch_with_runtime(argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, *safe_path, "-m", "embedtune", *argv], env)
 
 
-def apply_kernel_cache_limits() -> None:
-    """In-process fallback: the caches read these when first used, so this works if no matmul ran yet."""
-    for name, value in KERNEL_CACHE_LIMITS.items():
-        os.environ.setdefault(name, value)
+def process_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """What configure_process adds to `environ` (default os.environ): the variables it lacks."""
+    environ = os.environ if environ is None else environ
+    wanted = {**KERNEL_CACHE_LIMITS, MATPLOTLIB_ENV: str(cache_dir(environ) / "matplotlib")}
+    return {name: value for name, value in wanted.items() if name not in environ}
+
+
+def configure_process(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set this process up as the `embedtune` command does (embedtune/launch.py), for a Python user who wants the
+    same: the oneDNN/ideep kernel-cache limits (memory stays flat over a long run) and matplotlib's font cache in
+    embedtune's cache folder. Variables already set win. Call it before torch runs its first matmul and before
+    matplotlib is imported (best: first thing); importing embedtune does none of this. The allocator cannot change
+    in a running process: `runtime_environment()` gives its variables for a new one. Returns what it set."""
+    environ = os.environ if environ is None else environ
+    added = process_environment(environ)
+    environ.update(added)
+    return added
+

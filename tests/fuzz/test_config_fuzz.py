@@ -2,10 +2,12 @@
 
 Whatever the file holds (random bytes, broken YAML, YAML's odd scalars and tags, wrong types, huge numbers, deep
 nesting), the result is a Config whose every field has its declared type, or a one-line ConfigError; nothing else
-escapes. Values of the right type are taken exactly as written.
+escapes. Values of the right type are taken exactly as written, and a flag's text exactly as the same string in
+a file.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -171,7 +173,9 @@ def expected_value(value, hint):
     if "int" in text:
         if isinstance(value, int) and not isinstance(value, bool):
             return "ok", value
-        return ("error",)  # YAML strings of digits are ints already; an int field takes no float or text
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,4000}", value):  # a quoted '64', a flag's or --grid's
+            return "ok", int(value)
+        return ("error",)  # an int field takes no float, and no other text
     if "float" in text:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return "ok", float(value)
@@ -311,3 +315,34 @@ def test_regression_validate_messages_stay_one_line(fuzz_dir, one_line):
     assert r"info\nnce\u2028" in message
     refused(fuzz_dir, one_line, 'train:\n  time_budget: "1h\\n2m"\n', r"got '1h\\n2m'")
     refused(fuzz_dir, one_line, 'model:\n  device: "cuda:\u0663"\n', "model.device must be one of")
+
+
+# ---- a flag's text and a YAML string: the same declaration takes them ---------------------------------------------
+
+def _flag_actions() -> dict[str, argparse.Action]:
+    """Each declared option's flag action, from the commands that take it (train, run, eval)."""
+    from embedtune.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return {a.dest: a for name in ("eval", "run") for a in commands[name]._actions if "." in a.dest}
+
+
+FLAG_ACTIONS = _flag_actions()
+SCALARS = sorted(key for key, action in FLAG_ACTIONS.items() if action.type is not None)
+
+
+@given(key=st.sampled_from(SCALARS), text=st.one_of(st.text(max_size=12), st.sampled_from(VALUES)))
+def test_a_flag_takes_its_text_as_the_yaml_loader_takes_the_same_string(one_line, key, text):
+    section, name = key.split(".")
+    try:
+        from_flag, flag_error = FLAG_ACTIONS[key].type(text), None
+    except argparse.ArgumentTypeError as err:
+        from_flag, flag_error = None, str(err)
+    try:
+        from_yaml, yaml_error = getattr(getattr(Config.from_dict({section: {name: text}}), section), name), None
+    except ConfigError as err:
+        from_yaml, yaml_error = None, str(err)
+    if yaml_error is None:
+        assert flag_error is None and (from_flag == from_yaml or from_flag != from_flag), (from_flag, from_yaml)
+    else:
+        assert flag_error is not None and yaml_error == f"config: {one_line(flag_error, MAX_MESSAGE)}"

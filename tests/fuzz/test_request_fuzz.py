@@ -12,8 +12,9 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from embedtune.serve import ApiError, ServeLimits, parse_request
+from embedtune.serve import ApiError, EmbeddingRequest, ServeLimits, parse_request
 
 SOAK = settings(max_examples=5000)
 DIMENSIONS = 64
@@ -228,3 +229,18 @@ def test_huge_integers_and_other_encodings(one_line):
     assert parse_request('{"input": ["\u05e2\u05d1"]}'.encode("utf-16"), ServeLimits(), DIMENSIONS) == (
         ["\u05e2\u05d1"], "float")  # json.loads reads UTF-16/32 bodies by their BOM
     assert parse_request(b'\xef\xbb\xbf{"input": "a"}', ServeLimits(), DIMENSIONS) == (["a"], "float")
+
+
+def test_regression_request_many_wrong_items_cost_one_error(one_line):
+    # was, in the first declared schema: pydantic listed one error per item, and a 4 MiB body of [1,1,...]
+    # took 31 s and 2 GiB to refuse (fail_fast on the list; the item count checked before validation)
+    with pytest.raises(ValidationError) as caught:
+        EmbeddingRequest.model_validate({"input": ["ok"] + [1] * 10_000, "model": 5})
+    assert caught.value.error_count() == 2  # input[1] and model, not 10,001
+    body = ('{"input": [' + ",".join(["1"] * 300) + "]}").encode()
+    with pytest.raises(ApiError) as caught:
+        parse_request(body, ServeLimits(), DIMENSIONS)  # (the old parser's order: the count comes first)
+    assert (caught.value.status, caught.value.code) == (413, "too_many_items")
+    with pytest.raises(ApiError) as caught:
+        parse_request(body, ServeLimits(max_items=1000), DIMENSIONS)
+    assert (caught.value.status, caught.value.code, caught.value.param) == (400, "invalid_input", "input[0]")

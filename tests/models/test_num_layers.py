@@ -14,7 +14,8 @@ from embedtune.errors import ModelError
 from embedtune.export import export_model
 from embedtune.models.adapter_average import average_adapters
 from embedtune.models.embedder import Embedder, last_token_index
-from embedtune.models.loading import EXPORT_INFO_FILE, keep_first_layers
+from embedtune.models.export_format import EXPORT_INFO_FILE
+from embedtune.models.loading import keep_first_layers
 
 TEXTS = ["a man plays a guitar", "two dogs run on the grass in the park", "a bowl of soup"]
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from embedtune.cli import main
-from embedtune.config import parse_duration
+from embedtune.config import Config, budget_seconds, parse_duration
 from embedtune.errors import ConfigError
 from embedtune.training.budget import PROBE_STEPS, TimeBudget
 from embedtune.training.callbacks import TrainState
@@ -124,3 +124,19 @@ def test_measured_dev_evaluations_rescale_the_final_evaluation():
 def test_a_run_within_its_budget_is_not_shortened():
     state, ends = simulate(lambda step: 1.0, budget_s=1000, total=50)
     assert state.total_steps == 50 and ends == pytest.approx(60.0)
+
+
+@pytest.mark.parametrize("text", [None, "off", "OFF", "none", "0", "0m"])
+def test_off_none_and_zero_mean_no_budget(text):
+    assert budget_seconds(text) is None
+    Config.from_dict({"train": {"time_budget": text}}).validate()
+
+
+def test_off_lifts_the_budget_a_config_file_sets(tmp_path):
+    from embedtune.cli import build_parser, config_from_args
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  time_budget: 20m\n")
+    args = build_parser().parse_args(["run", "--config", str(path), "--output-dir", "x", "--time-budget", "off"])
+    assert budget_seconds(config_from_args(args).train.time_budget) is None
+    assert budget_seconds("1h30m") == 5400

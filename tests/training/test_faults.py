@@ -2,7 +2,8 @@
 each time; truncated or corrupt checkpoints skipped; NaN/inf/spike losses stopped or skipped. Nothing may be lost:
 the final adapter and the per-step losses equal an uninterrupted run's.
 
-The kills are real (`EMBEDTUNE_FAULT`, embedtune/files.py) in `python -m embedtune` subprocesses on the tiny model.
+The kills are real (`EMBEDTUNE_FAULT`, embedtune/testing/faults.py) in `python -m embedtune` subprocesses on the tiny
+model.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import torch
 from safetensors.torch import load_file
 
 from embedtune.config import Config
-from embedtune.errors import ConfigError, TrainingError
-from embedtune.files import FAULT_ENV, TEMP_TAG, injected_faults, parse_faults
+from embedtune.errors import ConfigError, StorageError, TrainingError
+from embedtune.files import TEMP_TAG, write_text_atomically
+from embedtune.hooks import hook
+from embedtune.testing.faults import FAULT_ENV, FaultCallback, injected_faults, parse_faults
 from embedtune.training import checkpoint as ckpt
 from embedtune.training.trainer import METRICS, train
 
@@ -370,6 +373,24 @@ def test_fault_specs_are_checked():
     for bad in ("kill:step", "explode:step:1", "kill:step:x", "kill::1"):
         with pytest.raises(ConfigError, match="EMBEDTUNE_FAULT: expected ACTION:KIND:N"):
             parse_faults(bad)
+
+
+def test_the_hook_is_a_no_op_until_a_test_arms_it(tmp_path):
+    """Unarmed, the product's one hook answers None and writes go through; injected_faults arms it for its block
+    only (that a normal process never imports embedtune.testing: tests/test_runtime.py)."""
+    path = tmp_path / "x.json"
+    assert hook("train-callbacks") is None and hook("mid-write", kind="x.json", path=path, tmp=tmp_path) is None
+    with injected_faults("enospc:x.json:2"):
+        (callback,) = hook("train-callbacks")
+        assert isinstance(callback, FaultCallback)
+        write_text_atomically(path, "1")
+        with pytest.raises(StorageError, match=r"cannot write .*x\.json: No space left on device"):
+            write_text_atomically(path, "2")  # the second write of that kind
+        assert path.read_text() == "1"
+    assert hook("train-callbacks") is None
+    write_text_atomically(path, "3")
+    write_text_atomically(path, "4")  # a second write again, unarmed: nothing fires
+    assert path.read_text() == "4"
 
 
 # ---- `embedtune run`: killed at each stage --------------------------------------------------------------------

@@ -100,13 +100,8 @@ def task_columns(results: Sequence[EvalResult]) -> list[str]:
 
 
 def pyplot():
-    """matplotlib.pyplot, headless (Agg), with its font cache in embedtune's cache."""
-    import os
-
-    from embedtune.models.loading import cache_dir
-
-    # matplotlib's font cache goes to embedtune's cache, not ~/.cache and ~/.config: a run writes nothing else.
-    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
+    """matplotlib.pyplot, headless (Agg). Its font cache goes where MPLCONFIGDIR says: embedtune's cache under the
+    `embedtune` command (runtime.configure_process), matplotlib's own place for a Python user who did not ask."""
     matplotlib = extras.load("matplotlib", "report", "plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

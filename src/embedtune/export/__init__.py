@@ -24,11 +24,14 @@ must reproduce embedtune's token ids) and appears complete or not at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
+import types
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from embedtune.config import ModelConfig
+from embedtune.config import Config, ModelConfig
 from embedtune.errors import ConfigError, StorageError
 from embedtune.export.adapter_only import ADAPTER_FILES, adapter_files, write_adapter_only
 from embedtune.export.card import discover_card_info, model_card
@@ -36,14 +39,14 @@ from embedtune.export.merged import write_merged
 from embedtune.export.metadata import export_info
 from embedtune.export.tokenizer_files import configure_tokenizer_files, verify_tokenizer
 from embedtune.files import write_folder_atomically
-from embedtune.models.loading import EXPORT_INFO_FILE
+from embedtune.models.export_format import EXPORT_INFO_FILE
 from embedtune.models.lora import require_adapter
 
 if TYPE_CHECKING:
     from embedtune.models.embedder import Embedder
 
-__all__ = ["ADAPTER_FILES", "EXPORT_INFO_FILE", "configure_tokenizer_files", "discover_card_info", "export_model",
-           "model_card", "verify_tokenizer"]
+__all__ = ["ADAPTER_FILES", "EXPORT_INFO_FILE", "configure_tokenizer_files", "discover_card_info", "export",
+           "export_model", "model_card", "verify_tokenizer"]
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +76,36 @@ def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = Fa
         return write_folder_atomically(out, write, "export")  # the folder appears complete or not at all
     except StorageError as err:
         raise StorageError(f"{err}; no export was made (nothing under {out})", err.errno, err.filename) from None
+
+
+def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bool = False,
+           card_info: dict | None = None, **options: Any) -> Path:
+    """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself (the Python API's
+    `embedtune.export`).
+
+    `model` is a --model value or a ModelConfig; `adapter` (None: the ModelConfig's) and `options` (ModelConfig
+    fields: pooling, prompt, max_length, trust_remote_code) are set on it.
+    """
+    config = Config()
+    if isinstance(model, ModelConfig):
+        config.model = dataclasses.replace(model)
+    else:
+        config.model.name = model
+    given = {**options, **({"adapter": adapter} if adapter is not None else {})}
+    config.update({"model": given} if given else {}, "export()")
+    return export_model(config.validate().model, out, adapter_only=adapter_only, card_info=card_info)
+
+
+class _CallablePackage(types.ModuleType):
+    """`embedtune.export(...)` is the API function above; but once this package is imported (training and
+    evaluation import parts of it), Python binds the name `embedtune.export` to the package, so the package
+    answers a call as the function does."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
 
 
 def _checked_target(out: str | Path) -> Path:

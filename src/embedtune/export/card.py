@@ -14,7 +14,8 @@ from typing import Any
 
 from embedtune.config import Config
 from embedtune.files import read_json_or
-from embedtune.models.loading import MERGED_FORMAT, display_name
+from embedtune.models.export_format import MERGED_FORMAT
+from embedtune.models.loading import display_name
 from embedtune.runs import layout
 from embedtune.runs.records import EvalResult, RunReport
 

@@ -21,7 +21,8 @@ import torch
 
 from embedtune.errors import ModelError
 from embedtune.files import write_folder_atomically
-from embedtune.models.loading import EXPORT_INFO_FILE, adapter_settings
+from embedtune.models.export_format import EXPORT_INFO_FILE
+from embedtune.models.loading import adapter_settings
 from embedtune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, require_adapter
 
 SOURCES = "averaged_from.json"

@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from embedtune import extras
+import embedtune.extras as extras
 from embedtune.errors import ModelError
 from embedtune.files import exclusive, read_json_or, remove_temporaries, write_folder_atomically
+from embedtune.models.export_format import is_whole, saved_export_settings
+from embedtune.runtime import cache_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "EMBEDTUNE_CACHE"
 DEFAULT_MODEL = "gemma3-270m"
 CONVERTED_MARKER = "embedtune_source.json"  # in every folder converted from GGUF: where it came from
 BF16_MARKER = "embedtune_bf16_source.json"  # in every bf16 copy of one: which folder it copies
@@ -64,11 +64,6 @@ PACKAGED_MODELS: dict[str, Callable[[], Path]] = {
     "smollm2-135m": _smollm2_135m,
     "all-minilm-l6-v2": _all_minilm_l6_v2,
 }
-
-
-def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "embedtune"
-    return Path(root).expanduser()
 
 
 @dataclass(frozen=True)
@@ -119,13 +114,12 @@ def display_name(spec: str) -> str:
 
 
 # ---- settings saved with an exported embedder ----------------------------------------------------------------
-EXPORT_INFO_FILE = "embedtune_export.json"  # written by embedtune.export beside the weights
+# Ours: embedtune_export.json (models/export_format.py); sentence-transformers' own files, read here.
 ST_POOLING_MODES = {"pooling_mode_lasttoken": "eos", "pooling_mode_mean_tokens": "mean",
                     "pooling_mode_cls_token": "cls"}
 # Our pooling names -> sentence-transformers' (>= 5 writes one "pooling_mode" name instead of the flags above).
 ST_POOLING = {"eos": "lasttoken", "mean": "mean", "cls": "cls"}
 ST_POOLING_NAMES = {st: ours for ours, st in ST_POOLING.items()}
-MERGED_FORMAT = "sentence-transformers"  # embedtune_export.json "format" of a merged export
 _NO_LENGTH = 1_000_000  # tokenizers without a length say model_max_length=1e30; anything this big means unset
 
 
@@ -139,12 +133,7 @@ def saved_settings(source: ModelSource) -> dict:
     if not source.is_local:
         return {}
     folder = Path(source.location)
-    settings = _sentence_transformers_settings(folder)
-    export_info = read_json_or(folder / EXPORT_INFO_FILE)
-    settings |= _export_info_settings(export_info)
-    if export_info.get("format") == MERGED_FORMAT and export_info.get("prompt"):
-        settings["prompt"] = ""
-    return settings
+    return _sentence_transformers_settings(folder) | saved_export_settings(folder)
 
 
 def adapter_settings(adapter: str | Path | None) -> dict:
@@ -152,21 +141,7 @@ def adapter_settings(adapter: str | Path | None) -> dict:
     defaults when that adapter is loaded onto its base: the adapter was trained with them."""
     if not adapter:
         return {}
-    return _export_info_settings(read_json_or(Path(adapter).expanduser() / EXPORT_INFO_FILE))
-
-
-def _export_info_settings(export_info: dict) -> dict:
-    """The valid pooling/prompt/max_length entries of an embedtune_export.json (a bad value is ignored)."""
-    settings: dict = {}
-    if export_info.get("pooling") in ST_POOLING_NAMES.values():
-        settings["pooling"] = export_info["pooling"]
-    if isinstance(export_info.get("prompt"), str):
-        settings["prompt"] = export_info["prompt"]
-    if _is_length(export_info.get("max_length")):
-        settings["max_length"] = export_info["max_length"]
-    if _is_count(export_info.get("num_layers"), at_least=1):
-        settings["num_layers"] = export_info["num_layers"]
-    return settings
+    return saved_export_settings(adapter)
 
 
 def _sentence_transformers_settings(folder: Path) -> dict:
@@ -205,12 +180,7 @@ def _st_pooling(config: dict) -> str | None:
 
 
 def _is_length(value) -> bool:
-    return _is_count(value, at_least=2)
-
-
-def _is_count(value, at_least: int) -> bool:
-    """A whole number (not a bool, not a float) of at least `at_least`: what a saved length or layer count is."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
+    return is_whole(value, at_least=2)
 
 
 def gguf_architecture(path: Path) -> str:

@@ -27,7 +27,16 @@ class Callback:
 
     def on_train_start(self, state: TrainState) -> None: ...
 
+    def on_loss(self, state: TrainState, loss: Any) -> Any:
+        """Step `state.step + 1`'s loss, before the bad-loss check and backward: return it, or a replacement (the
+        fault tests make chosen ones NaN, inf or a spike: embedtune/testing/faults.py)."""
+        return loss
+
     def on_step_end(self, state: TrainState, event: dict) -> None: ...
+
+    def on_step_complete(self, state: TrainState) -> None:
+        """After everything step `state.step` does, its dev evaluation and checkpoint included (on_step_end comes
+        before them): what a crash from here on leaves is on disk."""
 
     def on_evaluate(self, state: TrainState, event: dict) -> None: ...
 

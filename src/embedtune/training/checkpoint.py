@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedtune.export.metadata import write_export_info
 from embedtune.files import TEMP_TAG, remove_temporaries, write_folder_atomically
+from embedtune.models.export_format import write_export_info
 from embedtune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 CHECKPOINTS = "checkpoints"

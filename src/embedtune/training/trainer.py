@@ -25,11 +25,12 @@ from embedtune.errors import StorageError, TrainingError, TrainingStopped
 from embedtune.evaluation.diagnostics import warn_if_anisotropic
 from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
-from embedtune.export.metadata import export_info
-from embedtune.files import fault, recover_folder, write_text_atomically
+from embedtune.files import recover_folder, write_text_atomically
+from embedtune.hooks import hook
 from embedtune.losses import CachedInfoNCELoss, build_loss
 from embedtune.models.backend import Backend
 from embedtune.models.embedder import Embedder
+from embedtune.models.export_format import export_info
 from embedtune.models.loading import check_adapter_weights
 from embedtune.models.lora import prepare_for_training
 from embedtune.progress import progress_bar
@@ -44,7 +45,6 @@ from embedtune.training.optim import build_optimizer, stop_requests, warmup_then
 
 log = logging.getLogger(__name__)
 __all__ = ["METRICS", "Callback", "TrainState", "dev_evaluator", "train"]
-INJECTED_LOSS = {"nan": float("nan"), "inf": float("inf"), "spike": 1000.0}  # EMBEDTUNE_FAULT=nan:loss:N etc.
 
 
 def dev_evaluator(config: Config) -> STSEvaluator | None:
@@ -127,6 +127,7 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
         barrier()  # a rank that stops next must not leave before the checkpoint exists
         return target
 
+    callbacks = [*callbacks, *(hook("train-callbacks") or ())]  # the fault tests' (embedtune/hooks.py); else none
     for callback in callbacks:
         callback.on_train_start(state)
     bar = progress_bar(total=state.total_steps, initial=state.step, desc="training", unit="step",
@@ -138,9 +139,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
             batch = data.batch(ranks.slice(batch_rows(state.step, len(data), t.batch_size, t.seed)))
             started = time.perf_counter()
             loss = loss_fn(batch)
-            injected = fault("loss", state.step + 1)  # EMBEDTUNE_FAULT=nan:loss:N etc., for the fault tests
-            if injected in INJECTED_LOSS:
-                loss = loss * INJECTED_LOSS[injected]
+            for callback in callbacks:
+                loss = callback.on_loss(state, loss)
             step_loss, step_tokens = mean_and_sum(loss.item(), batch.n_tokens)  # the global batch's loss, tokens
             # A bad step (NaN/inf loss or gradient, a spike) changes no weight: stop, or skip its update.
             problem, grad_norm = guard.problem(step_loss), None
@@ -182,7 +182,8 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
             if stop:
                 raise TrainingStopped(f"stopped by signal at step {state.step}; checkpoint saved in "
                                       f"{out / ckpt.CHECKPOINTS}; continue with --resume")
-            fault("step", state.step)  # EMBEDTUNE_FAULT=kill:step:N kills the process here, after step N
+            for callback in callbacks:
+                callback.on_step_complete(state)
     if guard.skipped:
         log.warning("%d steps were skipped for a bad loss (metrics.jsonl marks them \"skipped\")", guard.skipped)
 
