@@ -149,6 +149,14 @@ def _add_report_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> Non
 def _add_export_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None:
     g["output"].add_argument("--out", required=True, metavar="DIR", help="the folder to write")
     g["output"].add_argument("--adapter-only", action="store_true", help="copy the adapter only, no merge")
+    g["output"].add_argument("--dtype", default=None, metavar="{fp32,bf16,fp16}",
+                             help="the saved weights' dtype (default: the run's training precision where the adapter "
+                                  "came from a run, else fp32)")
+    g["output"].add_argument("--query-prompt", default=None, metavar="TEXT",
+                             help="a prefix recorded as the prompt named 'query' (sentence-transformers, TEI and "
+                                  "embedtune serve apply it by prompt_name; default: none)")
+    g["output"].add_argument("--document-prompt", default=None, metavar="TEXT",
+                             help="a prefix recorded as the prompt named 'document' (default: none)")
 
 
 def _add_sweep_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None:
@@ -319,7 +327,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from embedtune.export import export_model
 
     config = config_from_args(args)
-    out = export_model(config.model, args.out, adapter_only=args.adapter_only)
+    out = export_model(config.model, args.out, adapter_only=args.adapter_only, dtype=args.dtype,
+                       prompts={"query": args.query_prompt, "document": args.document_prompt})
     print(f"exported to {out}")
     return 0
 

@@ -33,53 +33,77 @@ from typing import TYPE_CHECKING, Any
 
 from embedtune.config import Config, ModelConfig
 from embedtune.errors import ConfigError, StorageError
-from embedtune.export.adapter_only import ADAPTER_FILES, adapter_files, write_adapter_only
+from embedtune.export.adapter_only import ADAPTER_FILES, ADAPTER_STEPS, adapter_files, write_adapter_only
 from embedtune.export.card import discover_card_info, model_card
-from embedtune.export.merged import write_merged
+from embedtune.export.merged import MERGED_STEPS, write_merged
 from embedtune.export.metadata import export_info
+from embedtune.export.precision import EXPORT_DTYPES, check_dtype, export_dtype
+from embedtune.export.sentence_transformers_config import check_prompts
 from embedtune.export.tokenizer_files import configure_tokenizer_files, verify_tokenizer
 from embedtune.files import write_folder_atomically
 from embedtune.models.export_format import EXPORT_INFO_FILE
 from embedtune.models.lora import require_adapter
+from embedtune.progress import progress_bar
 
 if TYPE_CHECKING:
     from embedtune.models.embedder import Embedder
 
-__all__ = ["ADAPTER_FILES", "EXPORT_INFO_FILE", "configure_tokenizer_files", "discover_card_info", "export",
+__all__ = ["ADAPTER_FILES", "EXPORT_DTYPES", "EXPORT_INFO_FILE", "configure_tokenizer_files", "discover_card_info", "export",
            "export_model", "model_card", "verify_tokenizer"]
 log = logging.getLogger(__name__)
 
 
 def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = False,
-                 card_info: dict | None = None) -> Path:
+                 card_info: dict | None = None, dtype: str | None = None,
+                 prompts: dict[str, str | None] | None = None, show_progress: bool = True) -> Path:
     """Write `out` and return it: merged sentence-transformers folder, or (adapter_only) the adapter files
-    of `model.adapter`.
+    of `model.adapter` with the tokenizer and sentence-transformers files that load them.
 
     `card_info` feeds the model card: {"config": {...training config...}, "scores": eval result dict,
     "base_scores": eval result dict of the base model, "notes": str}. Missing entries are taken from the run
     the adapter came from (report.json and config.json, see card.py) and otherwise left out of the card.
+    `dtype` (fp32, bf16, fp16; merged only): the saved weights' dtype; None: the run's precision (precision.py).
+    `prompts`: {"query": ..., "document": ...} prefixes recorded for callers to pick by name.
     """
     out = _checked_target(out)
-    _check_request(model, adapter_only)
+    _check_request(model, adapter_only, dtype)
+    named_prompts = check_prompts(prompts)
     info = {**discover_card_info(model.adapter), **(card_info or {})}
-    embedder = _export_embedder(model)
-    meta = export_info(embedder, model, merged=not adapter_only)
-    card = model_card(meta, info)
+    dtype, source = export_dtype(dtype, info)
+    if not adapter_only:
+        log.info("exporting the weights in %s (%s)", dtype, source)
+    elif model.num_layers is not None:
+        log.warning("num_layers=%d: embedtune cuts the base to those layers, but sentence-transformers loading this "
+                    "adapter-only folder runs the whole base model (a merged export keeps the cut)", model.num_layers)
+    steps = ADAPTER_STEPS if adapter_only else MERGED_STEPS
+    with progress_bar(total=len(steps) + 1, desc="export", unit="step", disable=not show_progress) as bar:
+        bar.set_postfix_str("loading and merging the model")
+        embedder = _export_embedder(model)
+        meta = export_info(embedder, model, merged=not adapter_only, dtype=dtype, prompts=named_prompts)
+        card = model_card(meta, info)
 
-    def write(folder: Path) -> None:
-        if adapter_only:
-            write_adapter_only(folder, model.adapter, meta, card)
-        else:
-            write_merged(folder, embedder, meta, card)
+        def step(name: str) -> None:
+            bar.update()
+            bar.set_postfix_str(name)
 
-    try:
-        return write_folder_atomically(out, write, "export")  # the folder appears complete or not at all
-    except StorageError as err:
-        raise StorageError(f"{err}; no export was made (nothing under {out})", err.errno, err.filename) from None
+        def write(folder: Path) -> None:
+            if adapter_only:
+                write_adapter_only(folder, model.adapter, meta, card, embedder, named_prompts, step)
+            else:
+                write_merged(folder, embedder, meta, card, dtype=dtype, prompts=named_prompts, step=step)
+
+        try:
+            written = write_folder_atomically(out, write, "export")  # the folder appears complete or not at all
+        except StorageError as err:
+            raise StorageError(f"{err}; no export was made (nothing under {out})", err.errno, err.filename) from None
+        bar.update()
+        bar.set_postfix_str("done")
+    return written
 
 
 def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bool = False,
-           card_info: dict | None = None, **options: Any) -> Path:
+           card_info: dict | None = None, dtype: str | None = None, prompts: dict[str, str | None] | None = None,
+           **options: Any) -> Path:
     """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself (the Python API's
     `embedtune.export`).
 
@@ -93,7 +117,8 @@ def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bo
         config.model.name = model
     given = {**options, **({"adapter": adapter} if adapter is not None else {})}
     config.update({"model": given} if given else {}, "export()")
-    return export_model(config.validate().model, out, adapter_only=adapter_only, card_info=card_info)
+    return export_model(config.validate().model, out, adapter_only=adapter_only, card_info=card_info, dtype=dtype,
+                        prompts=prompts)
 
 
 class _CallablePackage(types.ModuleType):
@@ -116,10 +141,13 @@ def _checked_target(out: str | Path) -> Path:
     return out
 
 
-def _check_request(model: ModelConfig, adapter_only: bool) -> None:
-    """Fail on a missing adapter or a bad prompt before the (slow) model load."""
+def _check_request(model: ModelConfig, adapter_only: bool, dtype: str | None) -> None:
+    """Fail on a missing adapter, a bad prompt or dtype before the (slow) model load."""
+    check_dtype(dtype)
     if adapter_only and not model.adapter:
         raise ConfigError("an adapter-only export needs --adapter")
+    if adapter_only and dtype is not None:
+        raise ConfigError("--dtype applies to a merged export; an adapter-only export copies the adapter as it is")
     if model.adapter:
         require_adapter(model.adapter)
     if adapter_only:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from embedtune.errors import ConfigError
 from embedtune.export.metadata import versions, write_json
 from embedtune.models.loading import ST_POOLING
 
@@ -26,8 +27,31 @@ POOLING_FLAGS = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max",
                  "lasttoken": "lasttoken"}
 
 
-def write_sentence_transformers_config(folder: Path, embedder: Embedder) -> None:
-    """modules.json and each module's config: what SentenceTransformer(folder) needs beside the weights."""
+PROMPT_NAMES = ("query", "document")  # the names --query-prompt/--document-prompt write (as sentence-transformers does)
+
+
+def check_prompts(prompts: dict[str, str | None] | None) -> dict[str, str]:
+    """The named prompts an export records, without the unset ones. sentence-transformers, TEI and vLLM's
+    clients put a named prompt in front of the text, so it must be a non-empty prefix, not a '{}' template."""
+    checked = {}
+    for name, text in (prompts or {}).items():
+        if text is None:
+            continue
+        if name not in PROMPT_NAMES:
+            raise ConfigError(f"unknown prompt name {name!r} (known: {', '.join(PROMPT_NAMES)})")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"--{name}-prompt must be a non-empty text, got {text!r}")
+        if "{}" in text:
+            raise ConfigError(f"--{name}-prompt is a prefix put before each text, not a '{{}}' template: {text!r} "
+                              "(put a template in --prompt)")
+        checked[name] = text
+    return checked
+
+
+def write_sentence_transformers_config(folder: Path, embedder: Embedder, prompts: dict[str, str] | None = None
+                                       ) -> None:
+    """modules.json and each module's config: what SentenceTransformer(folder) needs beside the weights;
+    `prompts`: named prefixes (sentence-transformers' and TEI's `prompt_name`)."""
     write_json(folder / "modules.json", MODULES)
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": embedder.max_length, "do_lower_case": False})
     (folder / POOLING_DIR).mkdir()
@@ -35,7 +59,7 @@ def write_sentence_transformers_config(folder: Path, embedder: Embedder) -> None
     (folder / NORMALIZE_DIR).mkdir()
     write_json(folder / NORMALIZE_DIR / "config.json", {})
     write_json(folder / "config_sentence_transformers.json",
-               {"__version__": versions(), "prompts": {}, "default_prompt_name": None,
+               {"__version__": versions(), "prompts": dict(prompts or {}), "default_prompt_name": None,
                 "similarity_fn_name": "cosine", "model_type": "SentenceTransformer"})
 
 

@@ -36,6 +36,9 @@ FIELDS = {  # every field the writer writes: its meaning
     "prompt_in_tokenizer": "merged: the tokenizer applies the prompt itself, so a loader must not add it again",
     "dimensions": "the embedding's size",
     "versions": "the libraries that wrote it (embedtune, transformers, torch)",
+    "dtype": "merged: the saved weights' dtype (fp32, bf16 or fp16); an adapter: null (optional: newer files)",
+    "prompts": "named prompts a caller picks by name, e.g. {\"query\": \"query: \"}: prefixes put before a text "
+               "(optional: newer files; {} when none)",
 }
 LOADED_FIELDS = ("pooling", "prompt", "max_length", "num_layers")  # what a load takes back as defaults
 
@@ -56,9 +59,11 @@ class Exported(Protocol):
     def hidden_size(self) -> int: ...
 
 
-def export_info(embedder: Exported, model: ModelConfig, *, merged: bool) -> dict[str, Any]:
+def export_info(embedder: Exported, model: ModelConfig, *, merged: bool, dtype: str | None = None,
+                prompts: dict[str, str] | None = None) -> dict[str, Any]:
     """The file's content for one export, from the embedder that was exported (its settings are the resolved
-    ones); `merged`: a merged sentence-transformers folder, else an adapter."""
+    ones); `merged`: a merged sentence-transformers folder, else an adapter; `dtype`: the saved weights' dtype
+    name; `prompts`: named prefixes (query, document) a caller picks by name."""
     return {
         "format": MERGED_FORMAT if merged else ADAPTER_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -73,6 +78,8 @@ def export_info(embedder: Exported, model: ModelConfig, *, merged: bool) -> dict
         "prompt_in_tokenizer": bool(embedder.prompt) if merged else False,
         "dimensions": embedder.hidden_size,
         "versions": versions(),
+        "dtype": dtype if merged else None,
+        "prompts": dict(prompts or {}),
     }
 
 
@@ -123,3 +130,11 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return found
+
+
+def saved_prompts(folder: str | Path) -> dict[str, str]:
+    """The named prompts recorded in `folder`'s file ({} when none, or when the field is malformed)."""
+    prompts = read_export_info(folder).get("prompts")
+    if not isinstance(prompts, dict):
+        return {}
+    return {name: text for name, text in prompts.items() if isinstance(name, str) and isinstance(text, str)}
