@@ -39,6 +39,7 @@ from embedtune.export.merged import MERGED_STEPS, write_merged
 from embedtune.export.metadata import export_info
 from embedtune.export.precision import EXPORT_DTYPES, check_dtype, export_dtype
 from embedtune.export.sentence_transformers_config import check_prompts
+from embedtune.export.servers import server_support
 from embedtune.export.tokenizer_files import configure_tokenizer_files, verify_tokenizer
 from embedtune.files import write_folder_atomically
 from embedtune.models.export_format import EXPORT_INFO_FILE
@@ -98,6 +99,9 @@ def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = Fa
             raise StorageError(f"{err}; no export was made (nothing under {out})", err.errno, err.filename) from None
         bar.update()
         bar.set_postfix_str("done")
+    if not adapter_only:
+        for server, verdict in server_support(written).items():
+            log.info("%s: %s", {"tei": "Text Embeddings Inference", "vllm": "vLLM"}[server], verdict)
     return written
 
 
