@@ -49,8 +49,8 @@ from embedtune.progress import progress_bar
 if TYPE_CHECKING:
     from embedtune.models.embedder import Embedder
 
-__all__ = ["ADAPTER_FILES", "EXPORT_DTYPES", "EXPORT_INFO_FILE", "configure_tokenizer_files", "discover_card_info", "export",
-           "export_model", "model_card", "verify_tokenizer"]
+__all__ = ["ADAPTER_FILES", "EXPORT_DTYPES", "EXPORT_INFO_FILE", "configure_tokenizer_files", "discover_card_info",
+           "export", "export_model", "model_card", "verify_tokenizer"]
 log = logging.getLogger(__name__)
 
 
