@@ -11,6 +11,7 @@ Weights load from safetensors (or GGUF) only: a folder whose only weights are pi
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -26,6 +27,7 @@ import embedtune.extras as extras
 from embedtune.errors import ModelError
 from embedtune.files import exclusive, read_json_or, remove_temporaries, write_folder_atomically
 from embedtune.models.export_format import is_whole, saved_export_settings
+from embedtune.progress import progress_bar
 from embedtune.runtime import cache_dir
 
 log = logging.getLogger(__name__)
@@ -227,13 +229,37 @@ def register_native_architectures() -> None:
     register()
 
 
+@contextlib.contextmanager
+def _gguf_progress(name: str):
+    """transformers' GGUF reader draws its own raw tqdm bars (one per pass over the tensors) and its loader
+    another: while converting, the reader draws ours instead (a line every half minute in a log), and the
+    loader's is off."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    def ours(iterable=None, desc: str | None = None, **kwargs):
+        return progress_bar(iterable=iterable, desc=f"{name}: {(desc or 'reading').rstrip('.')}", unit="tensor",
+                            **kwargs)
+
+    theirs, was_enabled = gguf_utils.tqdm, hf_logging.is_progress_bar_enabled()
+    gguf_utils.tqdm = ours
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = theirs
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _read_gguf(path: Path):
     """The dequantised model and the tokenizer of a GGUF file."""
     from transformers import AutoModel, AutoTokenizer
 
     register_native_architectures()
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    with _gguf_progress(path.name):
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     # A GGUF-loaded model carries a quantizer that refuses to save; the weights are already plain tensors.
     model.hf_quantizer = None
     model.is_quantized = False
