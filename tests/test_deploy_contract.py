@@ -258,3 +258,15 @@ def test_adapter_only_export_loads_in_sentence_transformers_peft(tiny_model_dir,
     np.testing.assert_allclose(theirs, normalized(ours), atol=1e-5)
     base = Embedder(str(tiny_model_dir), max_length=64, **FP32).encode(tiny_texts)
     assert np.abs(normalized(base) - theirs).max() > 1e-3  # the adapter was applied, not just the base
+
+
+def test_export_shows_its_steps(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from embedtune.export.merged import MERGED_STEPS
+
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")
+    export_model(model_config(tiny_model_dir), tmp_path / "shown")
+    err = capsys.readouterr().err
+    assert f"{len(MERGED_STEPS) + 1}/{len(MERGED_STEPS) + 1}" in err and "done" in err
+    assert all(name in err for name in MERGED_STEPS)
+    export_model(model_config(tiny_model_dir), tmp_path / "quiet", show_progress=False)
+    assert "export" not in capsys.readouterr().err
