@@ -22,7 +22,7 @@ from typing import IO
 
 import numpy as np
 
-from embedtune import extras
+import embedtune.extras as extras
 from embedtune.config import DataConfig
 from embedtune.data.mining import MiningData, MiningSettings, build_mining_data, read_corpus, select_negatives
 from embedtune.data.nli import CleaningReport, clean_triplets, read_training_file
@@ -102,9 +102,9 @@ def search_candidates(queries: np.ndarray, documents: np.ndarray, k: int, method
     k = min(k, len(documents))
     if method == "faiss":
         faiss = extras.load("faiss", "mining", "--search faiss")
-        index = faiss.IndexFlatIP(documents.shape[1])
-        index.add(np.ascontiguousarray(documents, dtype=np.float32))
-        run = lambda chunk: index.search(np.ascontiguousarray(chunk, dtype=np.float32), k)  # noqa: E731
+        flat = faiss.IndexFlatIP(documents.shape[1])
+        flat.add(np.ascontiguousarray(documents, dtype=np.float32))
+        run = lambda chunk: flat.search(np.ascontiguousarray(chunk, dtype=np.float32), k)  # noqa: E731
     else:
         earlier_first = np.arange(len(documents), 0, -1)  # top_k breaks ties by the higher key
         run = lambda chunk: top_k(chunk, documents, k, earlier_first)  # noqa: E731
