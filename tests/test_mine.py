@@ -310,3 +310,17 @@ def test_no_negative_found_is_an_error_and_writes_nothing(tmp_path):
     with pytest.raises(DataError, match="no negatives found, nothing written"):
         mine_negatives(StubEmbedder(ALL_TEXTS), plan, show_progress=False)
     assert not (tmp_path / "out.tsv").exists()
+
+
+def test_the_python_api_takes_the_flags_as_keywords_and_returns_the_counts(tiny_model_dir, tmp_path):
+    import embedtune
+
+    out = tmp_path / "mined.jsonl"
+    report = embedtune.mine(str(tiny_model_dir), write_pairs(tmp_path / "pairs.tsv"), out, num_negatives=2,
+                            sampling="random", seed=3, search="exact", pooling="mean", device="cpu",
+                            show_progress=False)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == report["rows"] == 48 and set(lines[0]) == {"sent0", "sent1", "hard_neg"}
+    assert json.loads(counts_path(out).read_text())["settings"]["sampling"] == "random"
+    with pytest.raises(Exception, match="model.pooling must be one of eos, mean, cls, got 'max'"):
+        embedtune.mine(str(tiny_model_dir), tmp_path / "pairs.tsv", tmp_path / "o.tsv", pooling="max")
