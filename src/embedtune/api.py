@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from embedtune.config import Config, ModelConfig
+from embedtune.errors import ConfigError
 
 
 def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence[str] | None = None,
@@ -125,3 +126,37 @@ def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bo
     from embedtune.export import export as export_folder
 
     return export_folder(model, adapter, out, adapter_only=adapter_only, card_info=card_info, **options)
+
+
+def mine(model: Any, input: str | Path, output: str | Path, corpus: str | Path | None = None, *,
+         num_negatives: int = 1, range_min: int = 0, range_max: int | None = None,
+         absolute_margin: float | None = None, relative_margin: float | None = None, max_score: float | None = None,
+         min_score: float | None = None, sampling: str = "top", seed: int = 42, search: str = "auto",
+         corpus_column: str = "text", anchor_column: str = "sent0", positive_column: str = "sent1",
+         all_entailed: bool = False, batch_size: int = 64, show_progress: bool = True,
+         **model_options: Any) -> dict:
+    """Hard negatives for the (anchor, positive) pairs of `input`, retrieved from `corpus` (else from the
+    positives) with `model`, written to `output` as sent0/sent1/hard_neg rows that `train` reads, one row per
+    negative; the counts go beside it (`output` + .json) and are returned. The guards and their order are
+    sentence-transformers' `mine_hard_negatives` (embedtune/data/mining.py says exactly how each applies).
+
+    `model` is a --model value or an Embedder; `model_options` are ModelConfig fields (adapter, pooling,
+    prompt...). Every value and file is checked before the model loads."""
+    from embedtune.data.mining import MiningSettings
+    from embedtune.mine_files import mine_negatives, prepare_mining
+    from embedtune.models.embedder import Embedder
+
+    settings = MiningSettings(num_negatives, range_min, range_max, absolute_margin, relative_margin, max_score,
+                              min_score, sampling, seed)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+    model_config = None
+    if not isinstance(model, Embedder):
+        config = Config()
+        config.model.name = model
+        config.update({"model": model_options} if model_options else {}, "mine()")
+        model_config = config.validate().model
+    plan = prepare_mining(input, output, corpus, settings, search=search, corpus_column=corpus_column,
+                          anchor_column=anchor_column, positive_column=positive_column, all_entailed=all_entailed)
+    embedder = model if model_config is None else Embedder.from_config(model_config)
+    return mine_negatives(embedder, plan, batch_size=batch_size, show_progress=show_progress)

