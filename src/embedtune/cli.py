@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from embedtune.config import OPTIONS, Config
+from embedtune.config import OPTIONS, PRECISIONS, Config
 from embedtune.errors import ConfigError, EmbedtuneError, TrainingStopped
 from embedtune.options import EVAL, GROUPS, MODEL, RUN, TRAIN, Declared
 
@@ -149,6 +149,12 @@ def _add_report_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> Non
 def _add_export_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None:
     g["output"].add_argument("--out", required=True, metavar="DIR", help="the folder to write")
     g["output"].add_argument("--adapter-only", action="store_true", help="copy the adapter only, no merge")
+    g["output"].add_argument("--query-prompt", default=None, metavar="TEMPLATE",
+                             help="prompt template for queries, recorded in embedtune_export.json ('{}' marks the "
+                                  "text; `serve` applies it for prompt_name 'query'; default: none)")
+    g["output"].add_argument("--document-prompt", default=None, metavar="TEMPLATE",
+                             help="prompt template for documents, recorded likewise (prompt_name 'document'; "
+                                  "default: none)")
 
 
 def _add_sweep_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None:
@@ -184,7 +190,14 @@ def _add_encode_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> Non
     g["encoding"].add_argument("--column", default="text", metavar="NAME",
                                help="column/field holding the text in .csv/.jsonl")
     g["encoding"].add_argument("--batch-size", type=int, default=128, metavar="N", help="texts per model call")
+    _add_precision_flag(g["encoding"])
     g["output"].add_argument("--output", required=True, metavar="FILE", help=".npy or .jsonl")
+
+
+def _add_precision_flag(group) -> None:
+    group.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto: bf16 where this machine runs it faster than fp32 (measured at start), else fp32 "
+                            "(default: auto)")
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None:
@@ -193,9 +206,18 @@ def _add_serve_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None
     g["server"].add_argument("--api-key", default=None, metavar="KEY",
                              help="require 'Authorization: Bearer KEY' on /v1/* (default: $EMBEDTUNE_API_KEY, else "
                                   "none; the variable keeps the key out of the process list)")
+    _add_precision_flag(g["server"])
     limits = g["request limits"]
     limits.add_argument("--max-batch-size", type=int, default=64, metavar="N",
                         help="texts per model call (dynamic batching)")
+    limits.add_argument("--max-batch-tokens", type=int, default=16384, metavar="N",
+                        help="padded tokens per model call (texts x the longest): requests are merged within it, "
+                             "and a longer request is split into several forward passes (default: 16384)")
+    limits.add_argument("--batch-wait-ms", type=float, default=0.0, metavar="MS",
+                        help="how long the first request of a model call waits for others to join it (default: 0, "
+                             "only requests already queued join)")
+    limits.add_argument("--no-batching", action="store_true",
+                        help="one request per model call: no merging of requests (default: off, requests are merged)")
     limits.add_argument("--max-items", type=int, default=256, metavar="N", help="most texts in one request")
     limits.add_argument("--max-tokens", type=int, default=8192, metavar="N", help="most tokens in one request")
     limits.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
@@ -319,7 +341,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from embedtune.export import export_model
 
     config = config_from_args(args)
-    out = export_model(config.model, args.out, adapter_only=args.adapter_only)
+    prompts = {name: prompt for name, prompt in (("query", args.query_prompt), ("document", args.document_prompt))
+               if prompt is not None}
+    out = export_model(config.model, args.out, adapter_only=args.adapter_only, prompts=prompts)
     print(f"exported to {out}")
     return 0
 
@@ -341,7 +365,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from embedtune.models.embedder import Embedder
 
     check_paths(args.input, args.output)  # a wrong path must fail before the model load
-    embedder = Embedder.from_config(config_from_args(args).model)
+    embedder = Embedder.from_config(config_from_args(args).model, precision=args.precision)
     n = encode_file(embedder, args.input, args.output, column=args.column, batch_size=args.batch_size)
     print(f"wrote {n} embeddings to {args.output}")
     return 0
@@ -356,9 +380,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_serve_extra()  # before the (slow) model load
     limits = ServeLimits(max_batch_size=args.max_batch_size, max_items=args.max_items, max_tokens=args.max_tokens,
                          max_request_bytes=args.max_request_bytes, max_queue=args.max_queue,
-                         body_timeout_s=args.body_timeout).validate()  # a wrong limit fails before the model load
+                         body_timeout_s=args.body_timeout, max_batch_tokens=args.max_batch_tokens,
+                         batch_wait_ms=args.batch_wait_ms, dynamic_batching=not args.no_batching,
+                         ).validate()  # a wrong limit fails before the model load
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    embedder = Embedder.from_config(config_from_args(args).model)
+    embedder = Embedder.from_config(config_from_args(args).model, precision=args.precision)
     serve(embedder, host=args.host, port=args.port, limits=limits, api_key=api_key)
     return 0
 

@@ -51,19 +51,22 @@ log = logging.getLogger(__name__)
 
 
 def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = False,
-                 card_info: dict | None = None) -> Path:
+                 card_info: dict | None = None, prompts: dict[str, str] | None = None) -> Path:
     """Write `out` and return it: merged sentence-transformers folder, or (adapter_only) the adapter files
     of `model.adapter`.
 
     `card_info` feeds the model card: {"config": {...training config...}, "scores": eval result dict,
     "base_scores": eval result dict of the base model, "notes": str}. Missing entries are taken from the run
     the adapter came from (report.json and config.json, see card.py) and otherwise left out of the card.
+    `prompts` ({"query": ..., "document": ...}, templates like --prompt) are recorded in embedtune_export.json
+    for `serve`'s prompt_name.
     """
     out = _checked_target(out)
     _check_request(model, adapter_only)
+    _check_prompts(prompts or {})
     info = {**discover_card_info(model.adapter), **(card_info or {})}
     embedder = _export_embedder(model)
-    meta = export_info(embedder, model, merged=not adapter_only)
+    meta = export_info(embedder, model, merged=not adapter_only, prompts=prompts)
     card = model_card(meta, info)
 
     def write(folder: Path) -> None:
@@ -126,6 +129,16 @@ def _check_request(model: ModelConfig, adapter_only: bool) -> None:
         adapter_files(model.adapter)
     if model.prompt is not None and model.prompt.count("{}") > 1:
         raise ConfigError(f"prompt may hold '{{}}' at most once, got {model.prompt!r}")
+
+
+def _check_prompts(prompts: dict[str, str]) -> None:
+    from embedtune.models.export_format import PROMPT_NAMES
+
+    for name, prompt in prompts.items():
+        if name not in PROMPT_NAMES:
+            raise ConfigError(f"unknown prompt name {name!r} (an export records {' and '.join(PROMPT_NAMES)})")
+        if not isinstance(prompt, str) or prompt.count("{}") > 1:
+            raise ConfigError(f"{name} prompt may hold '{{}}' at most once, got {prompt!r}")
 
 
 def _export_embedder(model: ModelConfig) -> Embedder:

@@ -35,9 +35,12 @@ FIELDS = {  # every field the writer writes: its meaning
     "eos_appended": "merged: whether the tokenizer appends EOS itself; an adapter: null",
     "prompt_in_tokenizer": "merged: the tokenizer applies the prompt itself, so a loader must not add it again",
     "dimensions": "the embedding's size",
+    "prompts": "query and document prompt templates ({\"query\": ..., \"document\": ...}, each optional; '{}' marks "
+               "the text): `serve` applies one for a request's prompt_name, in place of `prompt` (read back)",
     "versions": "the libraries that wrote it (embedtune, transformers, torch)",
 }
-LOADED_FIELDS = ("pooling", "prompt", "max_length", "num_layers")  # what a load takes back as defaults
+LOADED_FIELDS = ("pooling", "prompt", "max_length", "num_layers", "prompts")
+PROMPT_NAMES = ("query", "document")  # the prompts an export may record  # what a load takes back as defaults
 
 
 class Exported(Protocol):
@@ -48,6 +51,7 @@ class Exported(Protocol):
     prompt: str | None
     max_length: int
     eos_id: int | None
+    # (and, optionally, `prompts`: the query/document prompts loaded from an earlier export)
 
     @property
     def num_layers(self) -> int | None: ...
@@ -56,9 +60,13 @@ class Exported(Protocol):
     def hidden_size(self) -> int: ...
 
 
-def export_info(embedder: Exported, model: ModelConfig, *, merged: bool) -> dict[str, Any]:
+def export_info(embedder: Exported, model: ModelConfig, *, merged: bool,
+                prompts: dict[str, str] | None = None) -> dict[str, Any]:
     """The file's content for one export, from the embedder that was exported (its settings are the resolved
-    ones); `merged`: a merged sentence-transformers folder, else an adapter."""
+    ones); `merged`: a merged sentence-transformers folder, else an adapter. `prompts` (query/document
+    templates) default to the embedder's own (those of the export it was loaded from)."""
+    if prompts is None:
+        prompts = getattr(embedder, "prompts", None) or {}
     return {
         "format": MERGED_FORMAT if merged else ADAPTER_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -72,6 +80,7 @@ def export_info(embedder: Exported, model: ModelConfig, *, merged: bool) -> dict
         "eos_appended": embedder.eos_id is not None if merged else None,
         "prompt_in_tokenizer": bool(embedder.prompt) if merged else False,
         "dimensions": embedder.hidden_size,
+        "prompts": {name: prompts[name] for name in PROMPT_NAMES if prompts.get(name) is not None},
         "versions": versions(),
     }
 
@@ -104,6 +113,10 @@ def saved_export_settings(folder: str | Path) -> dict[str, Any]:
         settings["max_length"] = info["max_length"]
     if is_whole(info.get("num_layers"), at_least=1):
         settings["num_layers"] = info["num_layers"]
+    prompts = info.get("prompts")
+    if isinstance(prompts, dict) and prompts and all(
+            name in PROMPT_NAMES and isinstance(prompt, str) for name, prompt in prompts.items()):
+        settings["prompts"] = dict(prompts)
     if info.get("format") == MERGED_FORMAT and info.get("prompt"):
         settings["prompt"] = ""
     return settings
