@@ -124,8 +124,8 @@ def _dimensions_refusal(served: Served, value: Any = None) -> ApiError:
     if not served.matryoshka_dims:
         message = f"'dimensions' must be {served.dimensions} for this model (it does not shorten vectors)"
         if _whole(value):
-            message = (f"'dimensions' is {_shown(value)}, but this model was not trained with Matryoshka, and "
-                       f"shortened vectors would lose quality: it takes only {served.dimensions}, or no 'dimensions'")
+            message = (f"'dimensions' must be {served.dimensions} for this model, got {_shown(value)}: it was not "
+                       "trained with Matryoshka, and shortened vectors would lose quality")
     else:
         sizes = ", ".join(map(str, sorted({*served.matryoshka_dims, served.dimensions})))
         message = (f"'dimensions' is {_shown(value)}, but this model was trained with Matryoshka for {sizes} only "
