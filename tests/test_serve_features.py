@@ -365,3 +365,58 @@ def test_cli_serve_passes_the_batching_flags_and_precision(monkeypatch):
     assert seen["precision"] == "fp32"
     assert cli.main(["serve", "--model", "m"]) == 0
     assert seen["limits"].dynamic_batching is True and seen["precision"] == "auto"
+
+
+# ---- an export that records prompts, encoded and served ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def prompted_export(tiny_model_dir, tiny_adapter_dir, tmp_path_factory):
+    from embedtune import cli
+
+    out = tmp_path_factory.mktemp("exports") / "prompted"
+    assert cli.main(["export", "--model", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--max-length",
+                     "64", "--out", str(out), "--query-prompt", PROMPTS["query"], "--document-prompt",
+                     PROMPTS["document"]]) == 0
+    return out
+
+
+def test_export_records_the_prompts_and_serve_applies_them(prompted_export, tiny_texts):
+    from embedtune.models.export_format import EXPORT_INFO_FILE
+
+    info = json.loads((prompted_export / EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+    assert info["prompts"] == PROMPTS
+    embedder = Embedder(str(prompted_export), precision="fp32")
+    assert embedder.prompts == PROMPTS
+    with start_server(embedder) as server:
+        status, body = post(server, {"input": tiny_texts[:2], "prompt_name": "query"})
+        assert status == 200 and body["usage"]["prompt_tokens"] == sum(
+            map(len, _tokenized_with(embedder, PROMPTS["query"], tiny_texts[:2])))
+        health = post(server, None, "/health")[1]
+        assert health["prompt_names"] == ["query", "document"] and health["matryoshka_dims"] == []
+
+
+def test_export_refuses_a_bad_prompt(tiny_model_dir, tmp_path, capsys):
+    from embedtune import cli
+
+    assert cli.main(["export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--query-prompt",
+                     "{} and {}"]) == 2
+    assert "query prompt may hold '{}' at most once, got '{} and {}'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_encode_fp32_gives_sentence_transformers_vectors(prompted_export, tiny_texts, tmp_path, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    from embedtune import cli
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(tiny_texts) + "\n", encoding="utf-8")
+    out = tmp_path / "vectors.npy"
+    assert cli.main(["encode", "--model", str(prompted_export), "--input", str(texts), "--output", str(out),
+                     "--precision", "fp32"]) == 0
+    ours = np.load(out)
+    theirs = SentenceTransformer(str(prompted_export), device="cpu").encode(tiny_texts, batch_size=4)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+    err = capsys.readouterr().err  # off a terminal: plain lines, each with the rate and the time left
+    lines = [line for line in err.splitlines() if line.startswith("texts.txt")]
+    assert lines and all("\r" not in line for line in lines)
+    assert re.search(r"100%.*\[\d\d:\d\d<00:00, .*tok/s\]", lines[-1]), lines
