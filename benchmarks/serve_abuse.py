@@ -54,7 +54,7 @@ KINDS = {
     "wrong_method": (3, 405),
 }
 BAD_JSON = (b'{"input": ["a dog"', b"\xff\xfe not json", b"[]", b"", b'{"input": "a"}}')
-WRONG_TYPES = (b'{"input": 5}', b'{"input": [1, 2, 3]}', b'{"input": ["ok", null]}', b'{"input": {"text": "a"}}',
+WRONG_TYPES = (b'{"input": 5}', b'{"input": [1, 2, -3]}', b'{"input": ["ok", null]}', b'{"input": {"text": "a"}}',
                b'{"input": "a", "encoding_format": "int8"}', b'{"input": "a", "model": 7}', b'{"input": []}')
 TIMEOUT = 120.0  # client socket timeout, seconds
 

@@ -21,7 +21,7 @@ LAYERS = {
     "mteb_model": 2, "mine_files": 2,
     "testing": 2,  # fault injection: reaches the trainer through training/callbacks.py; no product module imports it
     "api": 3,
-    "cli": 4, "launch": 4, "__main__": 4, "__init__": 4,
+    "cli": 4, "cli_flags": 4, "launch": 4, "__main__": 4, "__init__": 4,
 }
 
 

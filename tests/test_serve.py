@@ -95,7 +95,7 @@ def test_base64_encoding(tiny_server):
         ('{"input": ""}', 400, "empty_input"),
         ('{"input": ["ok", ""]}', 400, "empty_input"),
         ('{"input": ["ok", 5]}', 400, "invalid_input"),
-        ('{"input": [[1, 2, 3]]}', 400, "invalid_input"),
+        ('{"input": [[1, 2, -3]]}', 400, "invalid_input"),  # (token ids are taken: [[1, 2, 3]] is served)
         ('{"input": [null]}', 400, "invalid_input"),
         ('{"input": {"text": "a"}}', 400, "invalid_input"),
         ('{"input": ["a","b","c","d","e","f","g","h","i"]}', 413, "too_many_items"),
@@ -125,7 +125,7 @@ def test_wrong_routes_and_methods(tiny_server):
 
 
 def test_server_keeps_serving_after_bad_requests(tiny_server):
-    for body in ("{", "[]", '{"input": [1]}', '{"input": []}'):
+    for body in ("{", "[]", '{"input": [-1]}', '{"input": []}'):
         assert request(tiny_server, "POST", "/v1/embeddings", body)[0] == 400
     # A body that claims more bytes than the limit is refused before it is read.
     assert request(tiny_server, "POST", "/v1/embeddings", "{}", {"Content-Length": "99999999"})[0] == 413
@@ -347,7 +347,7 @@ def test_cli_serve_without_the_serve_extra_is_one_line(monkeypatch, capsys):
     from embedtune import cli
     from embedtune.models import embedder as embedder_module
 
-    monkeypatch.setattr(embedder_module.Embedder, "from_config", classmethod(lambda cls, config: "embedder"))
+    monkeypatch.setattr(embedder_module.Embedder, "from_config", classmethod(lambda cls, config, **kw: "embedder"))
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert cli.main(["serve", "--model", "m", "--port", "0"]) == 2
     assert capsys.readouterr().err == f"embedtune: error: {extra_missing('uvicorn')}\n"

@@ -430,7 +430,7 @@ def test_cli_serve_takes_the_key_from_the_flag_or_the_environment(monkeypatch, a
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     seen = {}
-    monkeypatch.setattr(embedder_module.Embedder, "from_config", classmethod(lambda cls, config: "embedder"))
+    monkeypatch.setattr(embedder_module.Embedder, "from_config", classmethod(lambda cls, config, **kw: "embedder"))
     monkeypatch.setattr(serve_module, "serve", lambda embedder, **kwargs: seen.update(kwargs, embedder=embedder))
     argv = ["serve", "--model", "m", "--body-timeout", "2.5", "--max-request-bytes", "1000", "--max-queue", "7",
             *argv]
@@ -444,7 +444,7 @@ def test_cli_serve_refuses_a_bad_limit_before_loading(monkeypatch, capsys):
     from embedtune import cli
     from embedtune.models import embedder as embedder_module
 
-    def no_load(cls, config):
+    def no_load(cls, config, **kw):
         raise AssertionError("the model must not be loaded")
 
     monkeypatch.setattr(embedder_module.Embedder, "from_config", classmethod(no_load))

@@ -1,8 +1,8 @@
 """Fuzzing the server's request parser: serve.parse_request(raw bytes, limits, dimensions).
 
 Whatever the body (random bytes, broken JSON, wrong JSON types, nulls, huge integers, deep nesting, lone
-surrogates, BOMs), the parser returns texts the model can take or raises an ApiError with a 4xx status, a one-line
-message and a code; nothing else escapes. A well-formed request is accepted exactly as sent.
+surrogates, BOMs), the parser returns texts (or token-id lists) the model can take or raises an ApiError with a
+4xx status, a one-line message and a code; nothing else escapes. A well-formed request is accepted exactly as sent.
 """
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ def check_bytes(one_line, raw, limits):
     if err is not None:
         check_api_error(err, one_line)
     else:
-        texts, encoding = result
-        assert texts and all(isinstance(t, str) and t and not SURROGATE.search(t) for t in texts)
+        texts, encoding = result  # (or token-id lists)
+        assert texts and all(isinstance(t, str) and t and not SURROGATE.search(t) for t in texts) or all(
+            isinstance(ids, list) and ids and all(is_token_id(i) and i >= 0 for i in ids) for ids in texts)
         assert len(texts) <= limits.max_items and encoding in ("float", "base64")
 
 
@@ -110,7 +111,9 @@ def failing_codes(payload, limits) -> dict[str, set]:
         else:
             if len(items) > limits.max_items:
                 failed.setdefault("too_many_items", set()).add("input")
-            for i, item in enumerate(items):
+            if is_token_id(items[0]) or isinstance(items[0], list):  # token ids: one list, or a list of lists
+                token_id_failures(items, failed)
+            for i, item in enumerate(items if isinstance(items[0], str) or not items_are_ids(items) else []):
                 if not isinstance(item, str) or SURROGATE.search(item):
                     failed.setdefault("invalid_input", set()).add(f"input[{i}]")
                 elif not item:
@@ -126,6 +129,31 @@ def failing_codes(payload, limits) -> dict[str, set]:
                                or wanted != DIMENSIONS):
         failed.setdefault("invalid_dimensions", set()).add("dimensions")
     return failed
+
+
+def is_token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def items_are_ids(items: list) -> bool:
+    return is_token_id(items[0]) or isinstance(items[0], list)
+
+
+def token_id_failures(items: list, failed: dict) -> None:
+    """Token-id input (chosen by its first item): every id a whole number >= 0; lists of them never empty."""
+    if not isinstance(items[0], list):
+        for i, item in enumerate(items):
+            if not is_token_id(item) or item < 0:
+                failed.setdefault("invalid_input", set()).add(f"input[{i}]")
+        return
+    for i, ids in enumerate(items):
+        if not isinstance(ids, list):
+            failed.setdefault("invalid_input", set()).add(f"input[{i}]")
+        elif not ids:
+            failed.setdefault("empty_input", set()).add(f"input[{i}]")
+        for j, item in enumerate(ids if isinstance(ids, list) else []):
+            if not is_token_id(item) or item < 0:
+                failed.setdefault("invalid_input", set()).add(f"input[{i}][{j}]")
 
 
 def render(draw_bool, payload) -> bytes:
@@ -144,7 +172,8 @@ def check_payload(one_line, payload, limits, data):
     if not failed:
         assert err is None, f"refused: {err.code} {err.message}"
         items = payload["input"]
-        assert result == ([items] if isinstance(items, str) else items, payload.get("encoding_format") or "float")
+        one = isinstance(items, str) or is_token_id(items[0])  # a text, or one list of token ids
+        assert result == ([items] if one else items, payload.get("encoding_format") or "float")
     else:
         assert err is not None, f"accepted; expected one of {sorted(failed)}"
         check_api_error(err, one_line)
@@ -219,7 +248,8 @@ def test_regression_request_falsy_encoding_format_is_no_default(one_line, value)
 def test_regression_request_boolean_items_are_not_token_ids(one_line):
     # was: "input[0] must be a string (token ids are not accepted)" for [true]
     refused(one_line, '{"input": [true]}', "invalid_input", "input[0]", r"must be a string \(got a boolean\)")
-    refused(one_line, '{"input": [[1, 2]]}', "invalid_input", "input[0]", "token ids are not accepted")
+    # (token ids alone are taken since issue 36; in a list of texts they are still refused)
+    refused(one_line, '{"input": ["a", [1, 2]]}', "invalid_input", "input[1]", "token ids are not accepted")
 
 
 def test_huge_integers_and_other_encodings(one_line):
@@ -237,7 +267,7 @@ def test_regression_request_many_wrong_items_cost_one_error(one_line):
     with pytest.raises(ValidationError) as caught:
         EmbeddingRequest.model_validate({"input": ["ok"] + [1] * 10_000, "model": 5})
     assert caught.value.error_count() == 2  # input[1] and model, not 10,001
-    body = ('{"input": [' + ",".join(["1"] * 300) + "]}").encode()
+    body = ('{"input": [' + ",".join(["true"] * 300) + "]}").encode()  # (not ids: those are taken now)
     with pytest.raises(ApiError) as caught:
         parse_request(body, ServeLimits(), DIMENSIONS)  # (the old parser's order: the count comes first)
     assert (caught.value.status, caught.value.code) == (413, "too_many_items")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from embedtune.errors import ConfigError
 from embedtune.export.metadata import versions, write_json
+from embedtune.models.export_format import PROMPT_NAMES
 from embedtune.models.loading import ST_POOLING
 
 if TYPE_CHECKING:
@@ -25,9 +26,6 @@ MODULES = [
 POOLING_FLAGS = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max",
                  "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean_tokens": "weightedmean",
                  "lasttoken": "lasttoken"}
-
-
-PROMPT_NAMES = ("query", "document")  # the names --query-prompt/--document-prompt write (as sentence-transformers does)
 
 
 def check_prompts(prompts: dict[str, str | None] | None) -> dict[str, str]:

@@ -115,6 +115,8 @@ class Embedder:
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not '{self.pooling}'")
         self.prompt = prompt if prompt is not None else saved.get("prompt")
+        # Query/document prompts recorded in an export (`serve`'s prompt_name applies them; eval takes its own).
+        self.prompts: dict[str, str] = dict(saved.get("prompts") or {})
         self.max_length = max_length or saved.get("max_length") or DEFAULT_MAX_LENGTH
         if self.dtype != torch.float32:
             # Weights stored in bf16: half the memory traffic and no per-call weight casts under autocast.
@@ -167,6 +169,11 @@ class Embedder:
         # Room for the EOS we append, unless the tokenizer appends it itself (an exported one does).
         limit = self.max_length - 1 if self.eos_id is not None and not self.tokenizer_adds_eos else self.max_length
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+        return self.finish_ids(ids)
+
+    def finish_ids(self, ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Token ids as the model takes them: for eos pooling each list ends with exactly one EOS (one already
+        there is not doubled). The one path for the tokenizer's ids and for ids a caller sends (serving)."""
         if self.eos_id is None:
             return [list(x) for x in ids]
         return [_strip_trailing(x, self.eos_id) + [self.eos_id] for x in ids]

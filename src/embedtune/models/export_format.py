@@ -40,7 +40,8 @@ FIELDS = {  # every field the writer writes: its meaning
     "prompts": "named prompts a caller picks by name, e.g. {\"query\": \"query: \"}: prefixes put before a text "
                "(optional: newer files; {} when none)",
 }
-LOADED_FIELDS = ("pooling", "prompt", "max_length", "num_layers")  # what a load takes back as defaults
+LOADED_FIELDS = ("pooling", "prompt", "max_length", "num_layers", "prompts")  # what a load takes back as defaults
+PROMPT_NAMES = ("query", "document")  # the prompts an export may record
 
 
 class Exported(Protocol):
@@ -51,6 +52,7 @@ class Exported(Protocol):
     prompt: str | None
     max_length: int
     eos_id: int | None
+    # (and, optionally, `prompts`: the query/document prompts loaded from an earlier export)
 
     @property
     def num_layers(self) -> int | None: ...
@@ -63,7 +65,10 @@ def export_info(embedder: Exported, model: ModelConfig, *, merged: bool, dtype: 
                 prompts: dict[str, str] | None = None) -> dict[str, Any]:
     """The file's content for one export, from the embedder that was exported (its settings are the resolved
     ones); `merged`: a merged sentence-transformers folder, else an adapter; `dtype`: the saved weights' dtype
-    name; `prompts`: named prefixes (query, document) a caller picks by name."""
+    name; `prompts`: named prefixes (query, document) a caller picks by name, by default the embedder's own (those
+    of the export it was loaded from)."""
+    if prompts is None:
+        prompts = getattr(embedder, "prompts", None) or {}
     return {
         "format": MERGED_FORMAT if merged else ADAPTER_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -79,7 +84,7 @@ def export_info(embedder: Exported, model: ModelConfig, *, merged: bool, dtype: 
         "dimensions": embedder.hidden_size,
         "versions": versions(),
         "dtype": dtype if merged else None,
-        "prompts": dict(prompts or {}),
+        "prompts": {name: prompts[name] for name in PROMPT_NAMES if prompts.get(name) is not None},
     }
 
 
@@ -111,6 +116,10 @@ def saved_export_settings(folder: str | Path) -> dict[str, Any]:
         settings["max_length"] = info["max_length"]
     if is_whole(info.get("num_layers"), at_least=1):
         settings["num_layers"] = info["num_layers"]
+    prompts = info.get("prompts")
+    if isinstance(prompts, dict) and prompts and all(
+            name in PROMPT_NAMES and isinstance(prompt, str) for name, prompt in prompts.items()):
+        settings["prompts"] = dict(prompts)
     if info.get("format") == MERGED_FORMAT and info.get("prompt"):
         settings["prompt"] = ""
     return settings

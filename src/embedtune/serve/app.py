@@ -1,8 +1,9 @@
 """The FastAPI routes, behind the guard:
 
-    POST /v1/embeddings   {"input": str | [str, ...], "model": str, "encoding_format": "float" | "base64"}
+    POST /v1/embeddings   OpenAI's request (schema.EmbeddingRequest): texts or token ids, dimensions, prompt_name
     GET  /health          liveness plus what is served
     GET  /v1/models       the one served model, OpenAI-style
+    GET  /metrics         Prometheus text format (metrics.py); like /v1/*, behind the API key when one is set
 
 Every refusal and failure is an OpenAI-style JSON error (`schema.ErrorResponse`); none carries a stack trace or a
 file path. The routes declare their types (`schema`) for the OpenAPI schema (`app.openapi()`); it is not served,
@@ -17,13 +18,14 @@ from concurrent.futures import Future
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from embedtune.serve.batcher import Batcher
 from embedtune.serve.errors import INTERNAL_ERROR, ApiError, body_too_large
 from embedtune.serve.guard import Guard, SlowReader
+from embedtune.serve.metrics import CONTENT_TYPE
 from embedtune.serve.schema import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelCard, ModelList
 from embedtune.serve.service import EmbeddingService
 
@@ -35,7 +37,7 @@ REFUSALS = {
     429: "the server is busy: retry after Retry-After seconds", 500: "internal error",
     503: "the server is shutting down",
 }
-# The body is read as bytes and checked by `parse_request` in a worker thread, not by FastAPI on the event loop
+# The body is read as bytes and checked by `read_request` in a worker thread, not by FastAPI on the event loop
 # (a 4 MiB body takes tens of milliseconds, and a refusal keeps its one-line message): declared here for the
 # OpenAPI schema.
 EMBEDDINGS_BODY = {"requestBody": {"required": True, "content": {
@@ -57,17 +59,21 @@ def build_app(service: EmbeddingService) -> Guard:
     async def models() -> JSONResponse:
         return JSONResponse(ModelList(data=[ModelCard(id=service.model_id)]).model_dump())
 
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(service.metrics_text(), media_type=CONTENT_TYPE)
+
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, openapi_extra=EMBEDDINGS_BODY,
               responses={status: {"model": ErrorResponse, "description": why} for status, why in REFUSALS.items()})
     async def embeddings(request: Request) -> Response:
         raw = await request.body()  # read by the guard, within the size cap and the body timeout
         if len(raw) > service.limits.max_request_bytes:  # (only without the guard in front)
             raise body_too_large(service.limits)
-        ids, encoding = await run_in_threadpool(service.prepare, raw)
+        ids, call = await run_in_threadpool(service.prepare, raw)
         vectors = await _result_unless_gone(service.batcher, service.batcher.submit(ids), request.receive)
         if vectors is None:
             return Response(status_code=499)  # the client went away: nothing is sent
-        body = await run_in_threadpool(service.response, vectors, sum(map(len, ids)), encoding)
+        body = await run_in_threadpool(service.response, vectors, sum(map(len, ids)), call)
         return Response(body, media_type="application/json")
 
     return Guard(app, service)

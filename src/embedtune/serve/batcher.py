@@ -1,8 +1,11 @@
 """Dynamic batching: one worker thread owns the model; requests queue up and share its forward passes.
 
-The worker takes every request waiting in the queue (up to `max_batch_size` texts), runs them as one
-length-sorted batch, and hands each request its rows. Concurrent clients therefore share model calls instead of
-waiting for each other's. A full queue refuses with 429; a request whose client went away is withdrawn.
+The worker takes the requests waiting in the queue, in order, while they fit one model call: at most
+`max_batch_size` texts and `max_batch_tokens` padded tokens (texts x the longest); after the first it waits up to
+`batch_wait_ms` for company. It runs them as length-sorted batches and hands each request its rows, so that
+concurrent clients share model calls instead of waiting for each other's. A request alone over the token budget
+is split into forward passes within it. `dynamic_batching=False` (`serve --no-batching`) runs one request per
+model call. A full queue refuses with 429; a request whose client went away is withdrawn.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 from embedtune.serve.errors import ApiError
 from embedtune.serve.limits import RETRY_AFTER, ServeLimits
+from embedtune.serve.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +28,17 @@ class _Job:
     ids: list[list[int]]
     future: Future
 
+    @property
+    def longest(self) -> int:
+        return max(map(len, self.ids))
+
 
 class Batcher:
     """One worker thread owns the model; requests queue up and share its forward passes."""
 
-    def __init__(self, embedder, limits: ServeLimits):
+    def __init__(self, embedder, limits: ServeLimits, metrics: ServerMetrics | None = None):
         self.embedder, self.limits = embedder, limits
+        self.metrics = metrics or ServerMetrics()
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
         self._cond = threading.Condition()
@@ -92,22 +101,29 @@ class Batcher:
                 return None
             jobs = [self._queue.popleft()]
             if self.limits.dynamic_batching:
-                size = len(jobs[0].ids)
-                deadline = time.monotonic() + self.limits.batch_wait_ms / 1000
-                while size < self.limits.max_batch_size:
-                    if self._queue:
-                        if size + len(self._queue[0].ids) > self.limits.max_batch_size:
-                            break
-                        job = self._queue.popleft()
-                        jobs.append(job)
-                        size += len(job.ids)
-                        continue
-                    left = deadline - time.monotonic()
-                    if left <= 0 or self._stopping:
-                        break
-                    self._cond.wait(left)
+                self._gather(jobs)
             self._queued_texts -= sum(len(job.ids) for job in jobs)
             return jobs
+
+    def _gather(self, jobs: list[_Job]) -> None:
+        """Add queued requests to `jobs` (under the lock) while they fit one model call, waiting up to
+        batch_wait_ms for them; stops at the first that does not fit (requests are served in order)."""
+        texts, longest = len(jobs[0].ids), jobs[0].longest
+        deadline = time.monotonic() + self.limits.batch_wait_ms / 1000
+        while texts < self.limits.max_batch_size:
+            if self._queue:
+                job = self._queue[0]
+                wider = max(longest, job.longest)
+                if (texts + len(job.ids) > self.limits.max_batch_size
+                        or (texts + len(job.ids)) * wider > self.limits.max_batch_tokens):
+                    return
+                jobs.append(self._queue.popleft())
+                texts, longest = texts + len(job.ids), wider
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stopping:
+                return
+            self._cond.wait(left)
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
@@ -120,6 +136,7 @@ class Batcher:
                 vectors = self.embedder.encode_ids(ids, batch_size=self.limits.max_batch_size,
                                                    max_tokens=self.limits.max_batch_tokens)
                 self.model_calls += 1
+                self.metrics.observe_batch(len(ids), sum(map(len, ids)))
             except BaseException as err:  # the worker must survive anything one batch does
                 log.exception("embedding batch of %d texts failed", sum(len(j.ids) for j in jobs))
                 for job in jobs:

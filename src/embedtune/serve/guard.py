@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from embedtune.serve.errors import INTERNAL_ERROR, ApiError, body_too_large
@@ -45,11 +46,12 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started, status, arrived = False, 499, time.perf_counter()  # 499: the client left before any answer
 
         async def send_tracked(message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
             try:  # (a send waits only while the client leaves an earlier answer unread: pipelined requests)
                 await asyncio.wait_for(send(message), SEND_TIMEOUT_S)
             except asyncio.TimeoutError:
@@ -66,6 +68,8 @@ class Guard:
             if not started:
                 log.exception("unexpected error on %s", scope.get("path"))
                 await _send_error(send_tracked, INTERNAL_ERROR)
+        finally:  # counted once answered (a scrape does not see itself)
+            self.service.metrics.observe_request(scope["path"], status, time.perf_counter() - arrived)
 
     async def _handle(self, scope, receive, send) -> None:
         headers = dict(scope.get("headers") or ())  # lower-case names (ASGI); the last of a repeated one

@@ -1,27 +1,58 @@
 """The HTTP API's types, declared: what POST /v1/embeddings takes (`EmbeddingRequest`) and what each route answers.
 
-The OpenAPI schema (`build_app(...).app.openapi()`) is generated from these models. `parse_request` validates a
-body against `EmbeddingRequest` and turns pydantic's first complaint into the server's one-line, OpenAI-style
-error (`ApiError`: status, message, param, code); what a declaration cannot say (this server's limits, this
-model's width, text the tokenizer cannot take) is checked after it, explicitly.
+The OpenAPI schema (`build_app(...).app.openapi()`) is generated from these models. `parsing.read_request`
+validates a body against `EmbeddingRequest` and turns pydantic's first complaint into the server's one-line,
+OpenAI-style error; what a declaration cannot say (this server's limits, this model's width, vocabulary and
+prompts) is checked after it, explicitly.
 """
 from __future__ import annotations
 
-import json
-import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
-
-from embedtune.serve.errors import ApiError
-from embedtune.serve.limits import ServeLimits
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+)
 
 Text = Annotated[str, StringConstraints(min_length=1)]
 Texts = Annotated[list[Text], Field(min_length=1, fail_fast=True)]  # one error, not one per item of 4 MiB
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, fail_fast=True)]
+TokenIdLists = Annotated[list[TokenIds], Field(min_length=1, fail_fast=True)]
+INPUT_KINDS = ("text", "ids", "id_lists")  # the tags pydantic puts in an error's `loc` after 'input'
 
 
 def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value  # OpenAI's `input` is a string or a list of them
+
+
+def input_kind(value: Any) -> str:
+    """Which of OpenAI's input forms a value is meant as, by its first item: a list of token-id lists, one
+    token-id list, else text (so that a wrong value is described as the text it most often is meant to be)."""
+    if isinstance(value, list) and value:
+        first = value[0]
+        if isinstance(first, list):
+            return "id_lists"
+        if isinstance(first, int) and not isinstance(first, bool):
+            return "ids"
+    return "text"
+
+
+Input = Annotated[Union[Annotated[Texts, Tag("text")], Annotated[TokenIds, Tag("ids")],  # noqa: UP007
+                        Annotated[TokenIdLists, Tag("id_lists")]], Discriminator(input_kind)]
+_ID_ITEMS = {"type": "integer", "minimum": 0}
+INPUT_SCHEMA = {"anyOf": [
+    {"type": "string", "minLength": 1},
+    {"type": "array", "minItems": 1, "description": "texts, or token ids (one list, or a list of lists): not mixed",
+     "anyOf": [{"items": {"type": "string", "minLength": 1}}, {"items": _ID_ITEMS},
+               {"items": {"type": "array", "minItems": 1, "items": _ID_ITEMS}}]},
+]}
 
 
 # ---- the request -------------------------------------------------------------------------------------------------
@@ -31,13 +62,17 @@ class EmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    input: Annotated[Texts, BeforeValidator(_one_or_many, json_schema_input_type=Text | Texts)] = Field(
-        description="the text to embed, or a list of texts (not token ids)")
+    input: Annotated[Input, BeforeValidator(_one_or_many), WithJsonSchema(INPUT_SCHEMA)] = Field(
+        description="the text to embed, a list of texts, or token ids: a list of integers or a list of such lists "
+                    "(EOS is appended as for text)")
     model: str | None = Field(None, description="any name: the server serves one model")
     encoding_format: Literal["float", "base64"] | None = Field(
         "float", description="'base64': each vector as the base64 of its little-endian float32 bytes")
-    dimensions: int | float | None = Field(None, description="if given, the model's own width (vectors are "
-                                                             "not shortened)")
+    dimensions: int | float | None = Field(
+        None, description="the model's own width, or (a model trained with Matryoshka) one of its Matryoshka "
+                          "dimensions: the vectors are truncated and re-normalised")
+    prompt_name: str | None = Field(None, description="a prompt recorded in the export ('query', 'document'), "
+                                                      "applied to every text")
 
 
 # ---- the responses -----------------------------------------------------------------------------------------------
@@ -93,6 +128,8 @@ class HealthLimits(_Answer):
     max_tokens: int
     max_request_bytes: int
     dynamic_batching: bool
+    max_batch_tokens: int
+    batch_wait_ms: float
 
 
 class Health(_Answer):
@@ -107,78 +144,7 @@ class Health(_Answer):
     withdrawn_requests: int
     api_key_required: bool
     limits: HealthLimits
+    matryoshka_dims: list[int] = Field(description="the sizes 'dimensions' may ask for below the full width")
+    prompt_names: list[str] = Field(description="the prompts 'prompt_name' may name")
 
 
-# ---- checking a request body -------------------------------------------------------------------------------------
-def parse_request(raw: bytes, limits: ServeLimits, dimensions: int) -> tuple[list[str], str]:
-    """Texts and encoding format of an embeddings request body, or an ApiError saying what is wrong."""
-    payload = _json(raw)
-    items = payload.get("input") if isinstance(payload, dict) else None
-    if isinstance(items, list) and len(items) > limits.max_items:  # before validating a million items to refuse
-        raise ApiError(413, f"request too large: 'input' has {len(items)} items; this server takes at most "
-                            f"{limits.max_items}", param="input", code="too_many_items")
-    try:
-        request = EmbeddingRequest.model_validate(payload)
-    except ValidationError as err:
-        raise _refusal(err.errors(include_url=False)[0], dimensions) from None
-    texts = request.input
-    for i, text in enumerate(texts):
-        if not text.isascii() and _SURROGATE.search(text):  # the tokenizer would fail on it, with a 500
-            raise _bad_item(i, "string_unicode", text)
-    if request.dimensions is not None and request.dimensions != dimensions:
-        raise _field_refusal("dimensions", dimensions)
-    return texts, request.encoding_format or "float"  # null means the default, as OpenAI's does
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")  # only a JSON \\uXXXX escape can put one in a string
-
-
-def _json(raw: bytes) -> Any:
-    # json.loads, not pydantic's parser: it reads UTF-16/32 bodies by their BOM, and its errors are ours to word.
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):  # ValueError also covers integers past Python's 4300-digit limit
-        raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
-
-
-def _refusal(error: dict, dimensions: int) -> ApiError:
-    """The one-line ApiError for pydantic's first error (its `loc` says where, its `type` what)."""
-    loc, kind = error["loc"], error["type"]
-    if not loc:
-        return ApiError(400, "request body must be a JSON object", code="invalid_json")
-    if loc[0] != "input":
-        return _field_refusal(loc[0], dimensions)
-    if len(loc) > 1:
-        return _bad_item(int(loc[1]), kind, error["input"])
-    if kind == "missing":
-        return ApiError(400, "'input' is required: a string or a list of strings", param="input",
-                        code="missing_input")
-    if kind == "too_short":
-        return ApiError(400, "'input' must not be empty", param="input", code="empty_input")
-    return ApiError(400, "'input' must be a string or a list of strings", param="input", code="invalid_input")
-
-
-def _bad_item(i: int, kind: str, item: Any) -> ApiError:
-    param = f"input[{i}]"
-    if kind == "string_too_short":
-        return ApiError(400, f"{param} is an empty string", param=param, code="empty_input")
-    if kind == "string_unicode":
-        message = f"{param} is not valid Unicode (a lone surrogate escape such as \\ud800)"
-    else:
-        token_ids = isinstance(item, (int, list)) and not isinstance(item, bool)
-        what = "token ids are not accepted" if token_ids else f"got {_json_type(item)}"
-        message = f"{param} must be a string ({what})"
-    return ApiError(400, message, param=param, code="invalid_input")
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "an object", float: "a number", bool: "a boolean", type(None): "null"}.get(type(value), "a value")
-
-
-def _field_refusal(field: str, dimensions: int) -> ApiError:
-    message = {"model": "'model' must be a string",
-               "encoding_format": "'encoding_format' must be 'float' or 'base64'",
-               "dimensions": f"'dimensions' must be {dimensions} for this model (it does not shorten vectors)"}[field]
-    return ApiError(400, message, param=field, code=f"invalid_{field}")

@@ -14,7 +14,9 @@ from embedtune.models.loading import display_name
 from embedtune.serve.batcher import Batcher
 from embedtune.serve.errors import ApiError
 from embedtune.serve.limits import ServeLimits
-from embedtune.serve.schema import Embedding, EmbeddingResponse, Health, HealthLimits, Usage, parse_request
+from embedtune.serve.metrics import ServerMetrics
+from embedtune.serve.parsing import EmbeddingCall, Served, read_request
+from embedtune.serve.schema import Embedding, EmbeddingResponse, Health, HealthLimits, Usage
 
 WARMUP_TEXTS = ("warm-up", "A short sentence to build the kernels before the first request.")
 
@@ -28,7 +30,12 @@ class EmbeddingService:
         self.limits = (limits or ServeLimits()).validate()
         self.model_id = model_id or display_name(str(embedder.name))
         self.dimensions = int(embedder.hidden_size)
-        self.batcher = Batcher(embedder, self.limits)
+        if self.limits.max_batch_tokens < embedder.max_length:
+            raise ConfigError(f"serve: max_batch_tokens ({self.limits.max_batch_tokens}) must be at least the "
+                              f"model's max_length ({embedder.max_length}): one text must fit one model call")
+        self.served = served_model(embedder)
+        self.metrics = ServerMetrics()
+        self.batcher = Batcher(embedder, self.limits, self.metrics)
         # Fast tokenizers are not safe to call from several threads at once ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
         if api_key is not None and not api_key.strip():
@@ -64,26 +71,58 @@ class EmbeddingService:
                    "missing API key: send it as the header 'Authorization: Bearer <key>'")
         raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
+    def tokenize(self, texts: list[str], prompt_name: str | None = None) -> list[list[int]]:
         with self._tokenizer_lock:
-            ids = self.embedder.tokenize(texts)
+            saved = self.embedder.prompt
+            if prompt_name is not None:  # replaces the embedder's own prompt, as eval's --query-prompt does
+                self.embedder.prompt = self.embedder.prompts[prompt_name]
+            try:
+                ids = self.embedder.tokenize(texts)
+            finally:
+                self.embedder.prompt = saved
+        return self._within_token_limit(ids)
+
+    def finish_ids(self, token_ids: list[list[int]], flat: bool) -> list[list[int]]:
+        """Token ids a client sent, EOS appended as for text (the embedder's own path), each within the model's
+        max_length (refused, not cut: the client chose these ids)."""
+        ids = self.embedder.finish_ids(token_ids)
+        for i, row in enumerate(ids):
+            if len(row) > self.embedder.max_length:
+                param = "input" if flat else f"input[{i}]"
+                raise ApiError(400, f"{param} has {len(row)} token ids (EOS included); this model takes at most "
+                                    f"{self.embedder.max_length} per input", param=param, code="input_too_long")
+        return self._within_token_limit(ids)
+
+    def _within_token_limit(self, ids: list[list[int]]) -> list[list[int]]:
         tokens = sum(map(len, ids))
         if tokens > self.limits.max_tokens:
             raise ApiError(413, f"request too large: 'input' has {tokens} tokens; this server takes at most "
                                 f"{self.limits.max_tokens} per request", param="input", code="too_many_tokens")
         return ids
 
-    def prepare(self, raw: bytes) -> tuple[list[list[int]], str]:
-        """Token ids and encoding format of a request body, checked (off the event loop: a 4 MiB body takes
-        tens of milliseconds to parse)."""
-        texts, encoding = parse_request(raw, self.limits, self.dimensions)
-        return self.tokenize(texts), encoding
+    def prepare(self, raw: bytes) -> tuple[list[list[int]], EmbeddingCall]:
+        """Token ids and the checked request of a body (off the event loop: a 4 MiB body takes tens of
+        milliseconds to parse)."""
+        call = read_request(raw, self.limits, self.served)
+        if call.texts is not None:
+            return self.tokenize(call.texts, call.prompt_name), call
+        return self.finish_ids(call.token_ids, flat=len(call.token_ids) == 1), call
 
-    def response(self, vectors: np.ndarray, tokens: int, encoding: str) -> bytes:
+    def response(self, vectors: np.ndarray, tokens: int, call: EmbeddingCall | str) -> bytes:
+        encoding = call if isinstance(call, str) else call.encoding
+        if not isinstance(call, str) and call.dimensions is not None:
+            vectors = shortened(vectors, call.dimensions)
         # Through the declared types: pydantic writes floats ~5x faster than json.dumps (256 x 896: 34 ms, 174).
         data = [Embedding(index=index, embedding=_encoded(row, encoding)) for index, row in enumerate(vectors)]
-        usage = Usage(prompt_tokens=tokens, total_tokens=tokens)
+        usage = Usage(prompt_tokens=tokens, total_tokens=tokens)  # OpenAI's: no completion, so total = prompt
         return EmbeddingResponse(data=data, model=self.model_id, usage=usage).model_dump_json().encode()
+
+    def metrics_text(self) -> str:
+        return self.metrics.render({
+            "embedtune_queue_depth": ("texts waiting for the model", lambda: self.batcher.queued_texts),
+            "embedtune_requests_in_progress": ("requests being read, checked, queued or answered",
+                                               lambda: self.pending),
+        })
 
     def health(self) -> Health:
         e, limits = self.embedder, self.limits
@@ -94,7 +133,29 @@ class EmbeddingService:
                       api_key_required=self.requires_key,
                       limits=HealthLimits(max_batch_size=limits.max_batch_size, max_items=limits.max_items,
                                           max_tokens=limits.max_tokens, max_request_bytes=limits.max_request_bytes,
-                                          dynamic_batching=limits.dynamic_batching))
+                                          dynamic_batching=limits.dynamic_batching,
+                                          max_batch_tokens=limits.max_batch_tokens,
+                                          batch_wait_ms=limits.batch_wait_ms),
+                      matryoshka_dims=list(self.served.matryoshka_dims), prompt_names=list(self.served.prompt_names))
+
+
+def served_model(embedder) -> Served:
+    """What requests are checked against: the width, the Matryoshka dimensions (models/ records them for a model
+    trained with Matryoshka; absent or None: not trained so), the vocabulary (the embedding matrix's rows: an id
+    past them would fail inside the model) and the recorded prompts."""
+    width = int(embedder.hidden_size)
+    dims = tuple(sorted({int(d) for d in getattr(embedder, "matryoshka_dims", None) or () if 0 < int(d) < width}))
+    try:
+        vocab_size: int | None = int(embedder.model.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError, NotImplementedError):
+        vocab_size = None
+    return Served(width, dims, vocab_size, tuple(getattr(embedder, "prompts", None) or {}))
+
+
+def shortened(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Matryoshka: the first `dimensions` components, re-normalised to unit length."""
+    head = vectors[:, :dimensions]
+    return head / np.maximum(np.linalg.norm(head, axis=1, keepdims=True), 1e-12)
 
 
 def _encoded(row: np.ndarray, encoding: str) -> list[float] | str:
