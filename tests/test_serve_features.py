@@ -19,7 +19,7 @@ from embedtune.serve import ServeLimits, start_server
 openai = pytest.importorskip("openai")
 
 MATRYOSHKA = (16, 32)
-PROMPTS = {"query": "query: {}", "document": "the {} here"}
+PROMPTS = {"query": "query: ", "document": "the "}  # named prompts are prefixes (sentence-transformers, TEI)
 
 
 def load(tiny_model_dir, tiny_adapter_dir, **settings) -> Embedder:
@@ -399,7 +399,8 @@ def test_export_refuses_a_bad_prompt(tiny_model_dir, tmp_path, capsys):
 
     assert cli.main(["export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--query-prompt",
                      "{} and {}"]) == 2
-    assert "query prompt may hold '{}' at most once, got '{} and {}'" in capsys.readouterr().err
+    assert "--query-prompt is a prefix put before each text, not a '{}' template: '{} and {}'" in \
+        capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
