@@ -184,6 +184,9 @@ def _add_encode_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> Non
     g["encoding"].add_argument("--column", default="text", metavar="NAME",
                                help="column/field holding the text in .csv/.jsonl")
     g["encoding"].add_argument("--batch-size", type=int, default=128, metavar="N", help="texts per model call")
+    g["encoding"].add_argument("--dims", type=int, default=None, metavar="N",
+                               help="keep each vector's first N dimensions, L2-normalised again (a Matryoshka size; "
+                                    "default: all)")
     g["output"].add_argument("--output", required=True, metavar="FILE", help=".npy or .jsonl")
 
 
@@ -337,12 +340,14 @@ def cmd_average_adapters(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from embedtune.encode_files import check_paths, encode_file
+    from embedtune.encode_files import check_paths, check_size, encode_file
     from embedtune.models.embedder import Embedder
 
-    check_paths(args.input, args.output)  # a wrong path must fail before the model load
+    check_paths(args.input, args.output)  # a wrong path or size must fail before the model load
+    check_size(args.dims)
     embedder = Embedder.from_config(config_from_args(args).model)
-    n = encode_file(embedder, args.input, args.output, column=args.column, batch_size=args.batch_size)
+    n = encode_file(embedder, args.input, args.output, column=args.column, batch_size=args.batch_size,
+                    dims=args.dims)
     print(f"wrote {n} embeddings to {args.output}")
     return 0
 

@@ -14,8 +14,7 @@ from embedtune.losses import build_loss
 from embedtune.losses.gradcache import CachedInfoNCELoss
 from embedtune.losses.infonce import InfoNCELoss, compute_loss_from_embeddings
 from embedtune.losses.matryoshka import MatryoshkaObjective, sizes_and_weights, truncated
-
-from tests.losses.test_infonce import _batch, _loss_and_grads, _lora_embedder, close_relative_to_scale
+from tests.losses.test_infonce import _batch, _lora_embedder, _loss_and_grads, close_relative_to_scale
 
 
 def _infonce_by_hand(anchors: list[list[float]], positives: list[list[float]], negatives: list[list[float]],
