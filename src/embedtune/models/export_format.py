@@ -75,7 +75,8 @@ def export_info(embedder: Exported, model: ModelConfig, *, merged: bool) -> dict
         "eos_appended": embedder.eos_id is not None if merged else None,
         "prompt_in_tokenizer": bool(embedder.prompt) if merged else False,
         "dimensions": embedder.hidden_size,
-        "matryoshka_dims": list(embedder.matryoshka_dims) if embedder.matryoshka_dims else None,
+        # getattr: a stand-in for an embedder (tests, scripts) may predate the attribute; it trained no sizes.
+        "matryoshka_dims": list(dims) if (dims := getattr(embedder, "matryoshka_dims", None)) else None,
         "versions": versions(),
     }
 
