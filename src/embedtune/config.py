@@ -181,11 +181,11 @@ class TrainConfig:
     matryoshka_dims: list[int] = _train([], "Matryoshka training: the loss is the weighted sum of the loss over the "
                                         "vectors' first D dimensions, re-normalised, for each D given (e.g. "
                                         "64,128,256,640; list the full width too, it is not added for you)",
-                                        check=DIMS_CHECK, default_text="none, full vectors only", metavar="D,D,...")
+                                        check=DIMS_CHECK, default_text="none, full vectors only", metavar="D")
     matryoshka_weights: list[float] = _train([], "one weight per --matryoshka-dims size, in the same order",
                                              check=Check(lambda ws: all(math.isfinite(w) and w > 0 for w in ws),
                                                          "must be finite numbers > 0, got {shown}"),
-                                             default_text="1 each", metavar="W,W,...")
+                                             default_text="1 each", metavar="W")
     gradient_checkpointing: bool = _train(False, "trade compute for activation memory")
     precision: str = _train("auto", _PRECISION_HELP, choices=PRECISIONS)
     seed: int = _train(42, "random seed: data order, LoRA's initial weights, dropout")
