@@ -161,10 +161,10 @@ def section_keys(section: type) -> set[str]:
 MODEL_KEYS = section_keys(ModelConfig)
 TRAIN_KEYS = (MODEL_KEYS | section_keys(DataConfig) | section_keys(LoraConfig) | section_keys(TrainConfig)
               | {"eval.tasks", "eval.batch_size"}) - {"train.time_budget", "train.select"}
-RUN_KEYS = TRAIN_KEYS | {"train.time_budget", "train.select", "eval.cache"}
+RUN_KEYS = TRAIN_KEYS | {"train.time_budget", "train.select", "eval.cache", "eval.dims"}
 # The config fields each command takes, as before the flags were built from the declarations.
 TAKEN = {"eval": MODEL_KEYS | {"data.data_dir", "eval.tasks", "eval.batch_size", "eval.precision", "eval.output",
-                               "eval.query_prompt", "eval.document_prompt"},
+                               "eval.query_prompt", "eval.document_prompt", "eval.dims"},
          "train": TRAIN_KEYS, "run": RUN_KEYS, "sweep": RUN_KEYS, "export": MODEL_KEYS, "encode": MODEL_KEYS,
          "serve": MODEL_KEYS}
 

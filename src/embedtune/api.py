@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from embedtune.config import Config, ModelConfig
+from embedtune.config import Config, ModelConfig, evaluation_dims
 from embedtune.errors import ConfigError
 
 
@@ -46,7 +46,8 @@ def evaluate(model: Any = None, *, config: Config | None = None, tasks: Sequence
     # Data first: a bad file must fail before the model load.
     evaluator = EvaluationSuite.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size,
                                            show_progress=show_progress, query_prompt=config.eval.query_prompt,
-                                           document_prompt=config.eval.document_prompt)
+                                           document_prompt=config.eval.document_prompt,
+                                           dims=evaluation_dims(config))
     # Under torchrun each rank encodes a share of the sentences (evaluation/sts.py); rank 0 writes the files.
     embedder = model if isinstance(model, Embedder) else Embedder.from_config(
         config.model, backend=Backend.for_launch(config.model.device, config.eval.precision))

@@ -259,12 +259,14 @@ def cmd_average_adapters(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from embedtune.encode_files import check_paths, encode_file
+    from embedtune.encode_files import check_paths, check_size, encode_file
     from embedtune.models.embedder import Embedder
 
-    check_paths(args.input, args.output)  # a wrong path must fail before the model load
+    check_paths(args.input, args.output)  # a wrong path or size must fail before the model load
+    check_size(args.dims)
     embedder = Embedder.from_config(config_from_args(args).model, precision=args.precision)
-    n = encode_file(embedder, args.input, args.output, column=args.column, batch_size=args.batch_size)
+    n = encode_file(embedder, args.input, args.output, column=args.column, batch_size=args.batch_size,
+                    dims=args.dims)
     print(f"wrote {n} embeddings to {args.output}")
     return 0
 

@@ -73,6 +73,9 @@ def add_encode_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None
     g["encoding"].add_argument("--column", default="text", metavar="NAME",
                                help="column/field holding the text in .csv/.jsonl")
     g["encoding"].add_argument("--batch-size", type=int, default=128, metavar="N", help="texts per model call")
+    g["encoding"].add_argument("--dims", type=int, default=None, metavar="N",
+                               help="keep each vector's first N dimensions, L2-normalised again (a Matryoshka size; "
+                                    "default: all)")
     add_precision_flag(g["encoding"])
     g["output"].add_argument("--output", required=True, metavar="FILE", help=".npy or .jsonl")
 

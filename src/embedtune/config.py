@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -66,6 +67,20 @@ def budget_seconds(text: str | None) -> float | None:
 
 def is_device(name: str) -> bool:
     return name in DEVICES or (name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit())
+
+
+def distinct_positive(values: list[int]) -> bool:
+    """Embedding sizes: each >= 1, none twice (they are sorted where used, so only a repeat is a mistake)."""
+    return all(v >= 1 for v in values) and len(set(values)) == len(values)
+
+
+DIMS_CHECK = Check(distinct_positive, "must be distinct whole numbers >= 1, got {shown}")
+
+
+def evaluation_dims(config: Config) -> list[int]:
+    """The sizes an evaluation also scores truncated vectors at: eval.dims, else the sizes Matryoshka training
+    used (`run` then scores base and tuned at those), sorted; [] for none."""
+    return sorted(config.eval.dims or config.train.matryoshka_dims)
 
 
 # Each field declares its option once (options.option): help, flag, choices, check. `on` names the commands whose
@@ -163,6 +178,14 @@ class TrainConfig:
     cosent: float = _train(0.0, "add this x CoSENT's ranking loss: every (anchor, positive) cosine of the batch "
                            "above every (anchor, hard negative) one, as STS ranks pairs; needs hard negatives",
                            check=at_least(0, finite=True), default_text="0, off")
+    matryoshka_dims: list[int] = _train([], "Matryoshka training: the loss is the weighted sum of the loss over the "
+                                        "vectors' first D dimensions, re-normalised, for each D given (e.g. "
+                                        "64,128,256,640; list the full width too, it is not added for you)",
+                                        check=DIMS_CHECK, default_text="none, full vectors only", metavar="D")
+    matryoshka_weights: list[float] = _train([], "one weight per --matryoshka-dims size, in the same order",
+                                             check=Check(lambda ws: all(math.isfinite(w) and w > 0 for w in ws),
+                                                         "must be finite numbers > 0, got {shown}"),
+                                             default_text="1 each", metavar="W")
     gradient_checkpointing: bool = _train(False, "trade compute for activation memory")
     precision: str = _train("auto", _PRECISION_HELP, choices=PRECISIONS)
     seed: int = _train(42, "random seed: data order, LoRA's initial weights, dropout")
@@ -209,6 +232,10 @@ class EvalConfig:
                                      metavar="TEMPLATE")
     document_prompt: str | None = _eval(None, "retrieval: prompt template for documents", default_text="--prompt",
                                         metavar="TEMPLATE")
+    dims: list[int] = _eval([], "also score the vectors truncated to each of these sizes and re-normalised "
+                            "(Matryoshka): a per-size section in the JSON and a table; run: base and tuned",
+                            on=(EVAL, RUN), check=DIMS_CHECK, default_text="none; run: --matryoshka-dims",
+                            metavar="D")
     cache: bool = _eval(True, "reuse the base model's evaluation from the cache, keyed by the model, the evaluation "
                         "settings and the data files' content (--no-cache scores it again)", on=(RUN,))
 
@@ -283,6 +310,9 @@ CROSS_CHECKS: tuple[tuple[Callable[[Config], bool], str], ...] = (
     (lambda c: not c.train.hardness or c.train.hard_negatives or c.train.hardness_mode != "hard_negatives",
      "train.hardness with hardness_mode hard_negatives weights the hard negatives, which are off "
      "(--no-hard-negatives): pick --hardness-mode in_batch or all"),
+    (lambda c: not c.train.matryoshka_weights or len(c.train.matryoshka_weights) == len(c.train.matryoshka_dims),
+     "train.matryoshka_weights needs one weight per size of train.matryoshka_dims: got "
+     "{c.train.matryoshka_weights} for {c.train.matryoshka_dims}"),
     (lambda c: not c.train.cosent or c.train.hard_negatives,
      "train.cosent ranks (anchor, positive) pairs above (anchor, hard negative) pairs, and hard negatives are off "
      "(--no-hard-negatives)"),

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from embedtune.data.tables import read_table, read_text_strict, text_field
-from embedtune.errors import DataError, ModelError, StorageError
+from embedtune.errors import ConfigError, DataError, ModelError, StorageError
 from embedtune.files import write_file_atomically
+from embedtune.models.embedder import check_dims, truncate_vectors
 
 INPUT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
@@ -60,18 +61,30 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def encode_file(embedder, input: str | Path, output: str | Path, column: str = "text", batch_size: int = 128,
-                show_progress: bool = True) -> int:
-    """Embed every text of `input` into `output`; returns the number of embeddings written."""
+                show_progress: bool = True, dims: int | None = None) -> int:
+    """Embed every text of `input` into `output`; returns the number of embeddings written. `dims`: keep the
+    first `dims` dimensions of each vector, L2-normalised again (a Matryoshka size)."""
     check_paths(input, output)
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
+    check_size(dims)
+    if dims is not None:
+        check_dims([dims], embedder.hidden_size, "--dims")  # before reading and encoding
     texts = read_texts(input, column)
     vectors = embedder.encode(texts, batch_size=batch_size, show_progress=show_progress, desc=Path(input).name)
+    if dims is not None:
+        vectors = truncate_vectors(vectors, dims)
     if not np.isfinite(vectors).all():
         bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
         raise ModelError(f"the model gave a non-finite embedding (first at text {bad}); nothing written")
     write_embeddings(vectors, output)
     return len(texts)
+
+
+def check_size(dims: int | None) -> None:
+    """A truncation size must be a whole number >= 1 (the model's width is checked once it is loaded)."""
+    if dims is not None and dims < 1:
+        raise ConfigError(f"--dims must be >= 1, got {dims}")
 
 
 def write_embeddings(vectors: np.ndarray, output: str | Path) -> None:

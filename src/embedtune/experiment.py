@@ -18,10 +18,10 @@ import logging
 import time
 from pathlib import Path
 
-from embedtune.config import Config, budget_seconds
+from embedtune.config import Config, budget_seconds, evaluation_dims
 from embedtune.distributed import check_launch, launched_ranks, same_on_every_rank
 from embedtune.evaluation.html_report import write_run_page
-from embedtune.evaluation.report import comparison_markdown, eval_markdown
+from embedtune.evaluation.report import comparison_markdown, dims_comparison_markdown, eval_markdown, write_dims_plot
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.files import read_json_or, write_text_atomically
 from embedtune.models.backend import Backend
@@ -75,6 +75,7 @@ def run_experiment(config: Config, base: EvalResult | dict | None = None) -> dic
     write_result(tuned, out / layout.TUNED_FILE)
 
     plots = [out / name for name in layout.RUN_PLOTS if (out / name).is_file()]  # drawn by train()
+    plots += [p for p in [write_dims_plot(base, tuned, out / layout.DIMS_PLOT)] if p is not None]
     write_text_atomically(out / layout.REPORT_MARKDOWN, _report_markdown(config, report, plots, out, note))
     capture_environment().save(out / layout.ENVIRONMENT_FILE)
     write_run_page(out, report)
@@ -89,10 +90,11 @@ def baseline(config: Config, evaluator: STSEvaluator, backend: Backend, out: Pat
     main, path = launched_ranks().is_main, out / layout.BASE_FILE
     tasks = task_names(evaluator)
     found, write = None, True
-    if main and given is not None and given.covers(tasks):
+    dims = tuple(evaluator.dims)
+    if main and given is not None and given.covers(tasks, dims):
         found = given
     elif main and config.train.resume:
-        found = load_complete(path, tasks)
+        found = load_complete(path, tasks, dims)
         write = found is None
         if found is not None:
             log.info("reusing the baseline in %s", path)
@@ -259,6 +261,7 @@ def _report_markdown(config: Config, report: RunReport, plots: list[Path], out: 
     text = comparison_markdown(report.base, report.tuned, "Contrastive fine-tuning (paper Table 2 format)")
     selected = report.selected
     dev_score = f", STSBenchmark dev Spearman {selected.dev_score:.2f}" if selected.dev_score is not None else ""
+    text += dims_comparison_markdown(report.base, report.tuned)
     text += f"\nTuned model: the {selected.by} adapter (step {selected.step}{dev_score}), `{selected.adapter}`.\n"
     if note:
         text += f"\nNote: {note}.\n"
@@ -304,7 +307,8 @@ def _baseline_markdown(base: EvalResult) -> str:
 
 def evaluator_for(config: Config) -> STSEvaluator:
     """The evaluation the config asks for: its tasks, read from its data folder, at its batch size."""
-    return STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size)
+    return STSEvaluator.from_tasks(config.eval.tasks, config.data.data_dir, batch_size=config.eval.batch_size,
+                                   dims=tuple(evaluation_dims(config)))
 
 
 def evaluate_model(config: Config, evaluator: STSEvaluator, adapter: str | Path | None = None) -> EvalResult:

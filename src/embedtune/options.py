@@ -192,6 +192,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         for item in value:  # names and paths: a nested list, a mapping or a null is a mistake, not a name
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 raise ConfigError(f"{where}: expected a list of names, got {shown(item)} in it")
+        for kind in (int, float):  # a list of numbers: flags give '64,128' or '64 128', YAML a list or a string
+            if text == f"list[{kind.__name__}]":
+                items = [part for v in value for part in (v.replace(",", " ").split() if isinstance(v, str) else [v])]
+                return [_as(kind, v, where) for v in items]
         return [str(v) for v in value]
     for kind in (bool, int, float, str):
         if kind.__name__ in text:

@@ -33,7 +33,8 @@ TOLERANCE = 1e-5
 
 def launch(args: list[str], tmp_path: Path, nproc: int = 2, timeout: float = 300, **env: str) -> subprocess.Popen:
     environ = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "EMBEDTUNE_COMPILE_KERNELS": "0",
-               "PYTHONPATH": str(Path(__file__).parents[2]), **env}
+               # This checkout's src first: the ranks run the code under test, not another installed copy.
+               "PYTHONPATH": os.pathsep.join(str(Path(__file__).parents[2] / p) for p in ("src", ".")), **env}
     environ.pop("EMBEDTUNE_FAULT", None)
     environ.update(env)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
@@ -123,6 +124,9 @@ VARIANTS = {  # name -> (model kind, train fields)
     # positive and hard negative, among all ranks' candidates.
     "llama-infonce-all-directions-hardness": ("llama", {"loss": "infonce", "all_directions": True, "hardness": 5.0,
                                                         "hardness_mode": "in_batch"}),
+    # Matryoshka: each truncated size gathers its slices of every rank's candidates, through GradCache's replay.
+    "llama-cached-matryoshka": ("llama", {"loss": "cached", "matryoshka_dims": [16, 64],
+                                          "matryoshka_weights": [0.5, 1.0]}),
     "gemma-infonce": ("gemma3", {"loss": "infonce"}),
     "gemma-infonce-no-hn": ("gemma3", {"loss": "infonce", "hard_negatives": False}),
     "gemma-cached": ("gemma3", {"loss": "cached"}),
@@ -149,9 +153,9 @@ def two_rank_runs(model_dirs, uneven_data_dir, tmp_path_factory) -> Path:
 
 
 # The default run covers both models, both losses, with and without hard negatives, the symmetric loss with
-# CoSENT and the GTE loss with the hardness weighting; the rest run with -m slow.
+# CoSENT, the GTE loss with the hardness weighting and Matryoshka through the cached loss; the rest run with -m slow.
 DEFAULT_VARIANTS = ("llama-infonce", "llama-cached", "gemma-cached-no-hn", "llama-cached-symmetric-cosent",
-                    "llama-infonce-all-directions-hardness")
+                    "llama-infonce-all-directions-hardness", "llama-cached-matryoshka")
 
 
 @pytest.mark.parametrize("name", [name if name in DEFAULT_VARIANTS else pytest.param(name, marks=pytest.mark.slow)

@@ -23,6 +23,8 @@ from embedtune.evaluation.report import (
     DISPLAY_NAMES,
     averages_png,
     dev_curves_png,
+    dims_comparison,
+    dims_png,
     plots_available,
     task_columns,
 )
@@ -176,6 +178,7 @@ def _run_section(run: RunView, label: str, index: int) -> str:
         parts.append("<p>Grid values: " + ", ".join(f"<code>{e(k)}</code> = {_value(v)}"
                                                     for k, v in run.overrides.items()) + "</p>")
     parts.append(_comparison(run))
+    parts.append(_dims_section(run, label))
     parts.append(_training_text(run))
     if run.data_report:
         rows = "".join(f"<tr><td>{e(str(k).replace('_', ' '))}</td><td class=num>{e(v)}</td></tr>"
@@ -209,6 +212,29 @@ def _comparison(run: RunView) -> str:
     return (f"<p>Model <code>{e(shown.model)}</code>, pooling {e(shown.pooling)}, prompt {_value(prompt)}.</p>"
             f"{_computed(run)}<table class=results><thead><tr><th>task</th><th>base</th><th>tuned</th><th>gain</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _dims_section(run: RunView, label: str) -> str:
+    """Average score against the truncated size, base and tuned (a table, and a plot with matplotlib); '' when
+    neither evaluation scored a truncation."""
+    base, tuned = run.base or EvalResult(), run.tuned or EvalResult()
+    rows = dims_comparison(base, tuned)
+    if not rows:
+        return ""
+    cells = "".join(f"<tr><td class=num>{dim}</td><td class=num>{_maybe(b)}</td><td class=num>{_maybe(t)}</td>"
+                    f"<td class=num>{f'{t - b:+.2f}' if b is not None and t is not None else '–'}</td></tr>"
+                    for dim, b, t in rows)
+    table = (f"<h3>Average score by embedding size</h3><table class=results><thead><tr><th>size</th><th>base</th>"
+             f"<th>tuned</th><th>gain</th></tr></thead><tbody>{cells}</tbody></table>")
+    if not plots_available():
+        return table
+    series = [("base", base.dim_averages()), ("tuned", tuned.dim_averages())]
+    return table + "<div class=plots>" + _img(dims_png(series), f"{label}: average score by embedding size") \
+        + "</div>"
+
+
+def _maybe(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "–"
 
 
 def _number(result: EvalResult | None, task: str) -> float | None:

@@ -42,7 +42,73 @@ def eval_markdown(result: Result) -> str:
         lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {task['spearman']:.2f} | {task['n']} |")
     lines.append(f"| **Average** | **{result.average:.2f} ± {result.std:.2f}** | |")
     lines += ["", f"{settings}, {result.sentences_per_s} sentences/s"]
+    lines += dims_markdown(result)
     return "\n".join(lines + other_kinds_markdown(result) + ([""] + computed if computed else [])) + "\n"
+
+
+def dims_markdown(result: Result) -> list[str]:
+    """The STS tasks scored on truncated, re-normalised vectors: a row per size (Markdown lines); none when the
+    evaluation scored no truncation."""
+    result = EvalResult.of(result)
+    if not result.dim_averages():
+        return []
+    names = _ordered(result.tasks)
+    lines = ["", "## Truncated vectors (Matryoshka): Spearman x100 by size", "",
+             "| size | " + " | ".join(DISPLAY_NAMES.get(n, n) for n in names) + " | average |",
+             "|---:|" + "---:|" * (len(names) + 1)]
+    for dim in result.dim_averages():
+        entry = result.dims[str(dim)]
+        cells = [f"{entry['tasks'][n]['spearman']:.2f}" if n in entry.get("tasks", {}) else "–" for n in names]
+        lines.append(f"| {dim} | " + " | ".join(cells) + f" | **{entry['average']:.2f} ± {entry['std']:.2f}** |")
+    return lines
+
+
+def dims_comparison(base: Result, tuned: Result) -> list[tuple[int, float | None, float | None]]:
+    """(size, base average, tuned average) for every size either scored, increasing."""
+    base, tuned = EvalResult.of(base), EvalResult.of(tuned)
+    base_dims, tuned_dims = base.dim_averages(), tuned.dim_averages()
+    return [(d, base_dims.get(d), tuned_dims.get(d)) for d in sorted(set(base_dims) | set(tuned_dims))]
+
+
+def dims_comparison_markdown(base: Result, tuned: Result) -> str:
+    """Average Spearman x100 against the truncated size, base and tuned; '' when neither scored a truncation."""
+    rows = dims_comparison(base, tuned)
+    if not rows:
+        return ""
+    lines = ["", "## Average score by embedding size (truncated, re-normalised)", "",
+             "| size | base | tuned | gain |", "|---:|---:|---:|---:|"]
+    for dim, b, t in rows:
+        gain = f"{t - b:+.2f}" if b is not None and t is not None else "–"
+        lines.append(f"| {dim} | {_maybe(b)} | {_maybe(t)} | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
+def _maybe(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "–"
+
+
+def dims_png(series: Sequence[tuple[str, Mapping[int, float]]]) -> bytes:
+    """Average Spearman x100 against the truncated size (log2 axis), one line per model (e.g. base and tuned)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, points in series:
+        if points:
+            ax.plot(list(points), list(points.values()), marker="o", lw=1.2, label=label)
+    ax.set_xscale("log", base=2)
+    sizes = sorted({d for _, points in series for d in points})
+    ax.set_xticks(sizes, [str(d) for d in sizes])
+    ax.set_xlabel("embedding size (dimensions kept)"), ax.set_ylabel("average Spearman x100"), ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def write_dims_plot(base: Result, tuned: Result, path: Path) -> Path | None:
+    """dims.png of a run (base and tuned against size), when sizes were scored and matplotlib is installed."""
+    series = [("base", EvalResult.of(base).dim_averages()), ("tuned", EvalResult.of(tuned).dim_averages())]
+    if not any(points for _, points in series) or not plots_available():
+        return None
+    path.write_bytes(dims_png(series))
+    return path
 
 
 # Columns of the other kinds' tables: (JSON key, header); main score first.

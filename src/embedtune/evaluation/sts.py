@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from embedtune.data.sts import STSData, load_sts, resolve_data_dir, resolve_tasks
 from embedtune.distributed import encode_across_ranks, is_main
-from embedtune.models.embedder import Embedder
+from embedtune.models.embedder import Embedder, check_dims, truncate_vectors
+from embedtune.progress import progress_bar
 
 
 def spearman_x100(predicted: Sequence[float], gold: Sequence[float]) -> float:
@@ -76,6 +77,8 @@ class STSEvaluator:
     # Under torchrun: every rank encodes a share of the sentences and all get all vectors (same scores as one
     # process). Off for an evaluation that rank 0 runs alone (the dev evaluation inside training).
     across_ranks: bool = True
+    # Matryoshka sizes: the vectors truncated to each and re-normalised are scored too ("dims" in the result).
+    dims: Sequence[int] = ()
     unique_sentences: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +100,7 @@ class STSEvaluator:
         return sum(2 * len(d) for d in self.datasets)
 
     def __call__(self, embedder: Embedder) -> dict:
+        check_dims(self.dims, embedder.hidden_size)  # a size above the width fails before the encoding
         start = time.perf_counter()
 
         def encode(texts: list[str]) -> np.ndarray:
@@ -105,20 +109,11 @@ class STSEvaluator:
 
         vectors = encode_across_ranks(encode, self.unique_sentences) if self.across_ranks else encode(
             self.unique_sentences)
-        row = {text: i for i, text in enumerate(self.unique_sentences)}
-        tasks = {}
-        for done, data in enumerate(self.datasets, 1):
-            a = vectors[[row[t] for t in data.sentences1]]
-            b = vectors[[row[t] for t in data.sentences2]]
-            score = spearman_x100(paired_cosine(a, b), data.scores)
-            # Full precision in the JSON (display rounds): MTEB agreement is checked to 1e-4.
-            tasks[data.name + self.name_suffix] = {"spearman": score, "n": len(data), "kind": "sts",
-                                                   "main_score": score}
-            if self.show_progress and is_main():
-                report_task(data.name + self.name_suffix, score, len(data), (done, len(self.datasets)), start)
+        tasks = self.score_vectors(vectors, start)
+        by_dim = self.score_truncations(vectors)
         seconds = time.perf_counter() - start
         average, std = average_and_std([t["spearman"] for t in tasks.values()])
-        return {
+        result = {
             "model": embedder.name,
             "pooling": embedder.pooling,
             "prompt": embedder.prompt,
@@ -130,3 +125,36 @@ class STSEvaluator:
             "unique_sentences": len(self.unique_sentences),
             "sentences_per_s": round(self.n_sentences / seconds, 1) if seconds > 0 else None,
         }
+        if by_dim:
+            result["dims"] = by_dim
+        return result
+
+    def score_vectors(self, vectors: np.ndarray, started: float | None = None) -> dict[str, dict]:
+        """Each task's entry from the unique sentences' vectors (rows in unique_sentences order); with `started`
+        (the evaluation's start), a line per task as it is scored."""
+        row = {text: i for i, text in enumerate(self.unique_sentences)}
+        tasks = {}
+        for done, data in enumerate(self.datasets, 1):
+            a = vectors[[row[t] for t in data.sentences1]]
+            b = vectors[[row[t] for t in data.sentences2]]
+            score = spearman_x100(paired_cosine(a, b), data.scores)
+            # Full precision in the JSON (display rounds): MTEB agreement is checked to 1e-4.
+            tasks[data.name + self.name_suffix] = {"spearman": score, "n": len(data), "kind": "sts",
+                                                   "main_score": score}
+            if started is not None and self.show_progress and is_main():
+                report_task(data.name + self.name_suffix, score, len(data), (done, len(self.datasets)), started)
+        return tasks
+
+    def score_truncations(self, vectors: np.ndarray) -> dict[str, dict]:
+        """{"64": {"tasks", "average", "std"}, ...} for each size, increasing: the vectors encoded once, truncated
+        and re-normalised per size (cheap next to the encoding, yet a bar with ETA on thousands of sentences)."""
+        by_dim: dict[str, dict] = {}
+        dims = sorted(self.dims)
+        with progress_bar(total=len(dims), unit="size", desc="scoring truncated vectors",
+                          disable=not (self.show_progress and is_main() and dims)) as bar:
+            for dim in dims:
+                tasks = self.score_vectors(truncate_vectors(vectors, dim))
+                average, std = average_and_std([t["spearman"] for t in tasks.values()])
+                by_dim[str(dim)] = {"tasks": tasks, "average": average, "std": std}
+                bar.update(1)
+        return by_dim

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from embedtune.data.sts import resolve_data_dir
 from embedtune.data.tasks import kind_of, load_task, resolve_any_tasks
+from embedtune.errors import ConfigError
 from embedtune.evaluation.pairs import PairEvaluator
 from embedtune.evaluation.retrieval import RetrievalEvaluator
 from embedtune.evaluation.sts import STSEvaluator
@@ -32,15 +33,18 @@ class EvaluationSuite:
     @classmethod
     def from_tasks(cls, tasks: Sequence[str] | None = None, data_dir: str | Path | None = None, *,
                    batch_size: int = 64, show_progress: bool = True, query_prompt: str | None = None,
-                   document_prompt: str | None = None) -> EvaluationSuite:
+                   document_prompt: str | None = None, dims: Sequence[int] = ()) -> EvaluationSuite:
         # Every file of every task is read and checked before any model work starts.
         root = resolve_data_dir(data_dir)
         by_kind: dict[str, list] = {"sts": [], "pair_classification": [], "retrieval": []}
         for task in resolve_any_tasks(list(tasks) if tasks else None, root):
             by_kind[kind_of(task)].append(load_task(task, root))
+        if dims and not by_kind["sts"]:
+            raise ConfigError(f"eval.dims {list(dims)}: truncated vectors are scored on STS tasks, and none is asked "
+                              "for")
         common = {"batch_size": batch_size, "show_progress": show_progress}
         return cls(
-            sts=STSEvaluator(by_kind["sts"], **common) if by_kind["sts"] else None,
+            sts=STSEvaluator(by_kind["sts"], dims=tuple(dims), **common) if by_kind["sts"] else None,
             pairs=PairEvaluator(by_kind["pair_classification"], **common) if by_kind["pair_classification"] else None,
             retrieval=RetrievalEvaluator(by_kind["retrieval"], query_prompt=query_prompt,
                                          document_prompt=document_prompt, **common) if by_kind["retrieval"] else None)

@@ -71,7 +71,7 @@ def model_card(meta: dict, info: dict) -> str:
     """README.md for an export: what it is, how to use it, its scores and training config (no local paths)."""
     merged = meta["format"] == MERGED_FORMAT
     sections = [_front_matter(meta, merged), _model_table(meta, merged),
-                _merged_usage() if merged else _adapter_usage(meta),
+                _merged_usage() if merged else _adapter_usage(meta), _matryoshka_usage(meta, merged),
                 _scores(info.get("scores"), info.get("base_scores")), _config(info.get("config")),
                 _notes(info.get("notes")), _versions(meta)]
     return "\n".join(line for section in sections for line in section)
@@ -107,6 +107,24 @@ def _merged_usage() -> list[str]:
             "embedtune encode --model path/to/this/folder --input texts.txt --output vectors.npy",
             "embedtune serve --model path/to/this/folder   # OpenAI-compatible POST /v1/embeddings",
             "```", ""]
+
+
+def _matryoshka_usage(meta: dict, merged: bool) -> list[str]:
+    """How to use the trained Matryoshka sizes. Only here and in embedtune_export.json: sentence-transformers
+    (>= 3) reads a `truncate_dim` in config_sentence_transformers.json as the default truncation of every encode,
+    which would silently shorten the full vectors, so the export leaves that file's default (none) alone."""
+    dims = meta.get("matryoshka_dims")
+    if not dims:
+        return []
+    sizes, smallest = ", ".join(str(d) for d in dims), dims[0]
+    lines = ["## Matryoshka sizes", "", (f"Trained so that the first {sizes} dimensions of each vector work on their "
+                                         "own: keep a prefix, then L2-normalise it again."), ""]
+    if merged:
+        lines += ["```python", f"model = SentenceTransformer('path/to/this/folder', truncate_dim={smallest})",
+                  "vectors = model.encode(texts, normalize_embeddings=True)  # truncated, then re-normalised",
+                  "```", ""]
+    return lines + ["```bash", f"embedtune encode --model path/to/this/folder --dims {smallest} --input texts.txt "
+                    "--output vectors.npy", "```", ""]
 
 
 def _adapter_usage(meta: dict) -> list[str]:

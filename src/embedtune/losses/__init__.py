@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 
 from embedtune.losses.gradcache import CachedInfoNCELoss
 from embedtune.losses.infonce import InfoNCELoss, compute_loss_from_embeddings
+from embedtune.losses.matryoshka import MatryoshkaObjective, sizes_and_weights
 
 if TYPE_CHECKING:
     from embedtune.config import TrainConfig
     from embedtune.models.embedder import Embedder
 
-__all__ = ["CachedInfoNCELoss", "InfoNCELoss", "build_loss", "compute_loss_from_embeddings"]
+__all__ = ["CachedInfoNCELoss", "InfoNCELoss", "MatryoshkaObjective", "build_loss", "compute_loss_from_embeddings"]
 
 
 def build_loss(t: TrainConfig, embedder: Embedder) -> InfoNCELoss:
@@ -24,7 +25,15 @@ def build_loss(t: TrainConfig, embedder: Embedder) -> InfoNCELoss:
                    hard_negatives=t.hard_negatives, chunk_tokens=t.chunk_tokens,
                    packing=t.packing and not t.gradient_checkpointing, gather_with_grad=t.gather_with_grad,
                    symmetric=t.symmetric, hardness=t.hardness, hardness_mode=t.hardness_mode,
-                   all_directions=t.all_directions, cosent=t.cosent)
+                   all_directions=t.all_directions, cosent=t.cosent, objective=matryoshka_objective(t, embedder))
     if t.loss == "cached":
         return CachedInfoNCELoss(embedder, mini_batch_tokens=t.mini_batch_tokens, **options)
     return InfoNCELoss(embedder, **options)
+
+
+def matryoshka_objective(t: TrainConfig, embedder: Embedder) -> MatryoshkaObjective | None:
+    """The sum over truncated vectors when the config trains Matryoshka sizes (checked against the model's width
+    here, once the model is known and before any step), else None: the plain loss."""
+    if not t.matryoshka_dims:
+        return None
+    return MatryoshkaObjective(*sizes_and_weights(t.matryoshka_dims, t.matryoshka_weights, embedder.hidden_size))

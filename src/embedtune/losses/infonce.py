@@ -16,6 +16,7 @@ above every (anchor, hard negative) cosine, across triplets, as STS's rankings o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -168,9 +169,13 @@ class InfoNCELoss(nn.Module):
     def __init__(self, embedder: Embedder, temperature: float = 0.05, learnable_temperature: bool = False,
                  hard_negatives: bool = True, chunk_tokens: int = 4096, gather_with_grad: bool = True,
                  packing: bool = True, symmetric: bool = False, hardness: float = 0.0,
-                 hardness_mode: str = "hard_negatives", all_directions: bool = False, cosent: float = 0.0):
+                 hardness_mode: str = "hard_negatives", all_directions: bool = False, cosent: float = 0.0,
+                 objective: Callable[..., torch.Tensor] | None = None):
         super().__init__()
         self.embedder = embedder
+        # The loss over the vectors: compute_loss_from_embeddings, or a wrapper with its arguments (Matryoshka's
+        # sum over truncated vectors, losses/matryoshka.py).
+        self.objective = objective or compute_loss_from_embeddings
         self.hard_negatives = hard_negatives
         self.symmetric = symmetric
         self.hardness = hardness
@@ -213,9 +218,8 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, batch: TripletBatch) -> torch.Tensor:
         anchors, positives, negatives = self.embed(batch)
-        return compute_loss_from_embeddings(anchors, positives, negatives, self.temperature, self.gather_with_grad,
-                                            self.symmetric, self.hardness, self.hardness_mode, self.all_directions,
-                                            self.cosent)
+        return self.objective(anchors, positives, negatives, self.temperature, self.gather_with_grad,
+                              self.symmetric, self.hardness, self.hardness_mode, self.all_directions, self.cosent)
 
 
 def _deduplicate(texts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:

@@ -19,6 +19,7 @@ from embedtune.config import DEFAULT_MAX_LENGTH, POOLINGS, ModelConfig
 from embedtune.errors import ConfigError, ModelError
 from embedtune.models.backend import Backend
 from embedtune.models.batching import length_sorted_batches, packed_rows, padding_aware_chunks, restore_order
+from embedtune.models.export_format import saved_matryoshka_dims
 from embedtune.models.fused import fuse_gemma
 from embedtune.models.loading import (
     DEFAULT_MODEL,
@@ -91,6 +92,7 @@ class Embedder:
         self.backend = backend or Backend.for_device(device, precision)
         self.device, self.dtype = self.backend.device, self.backend.dtype
         saved: dict = {}
+        source = None
         if isinstance(model, torch.nn.Module):
             if tokenizer is None:
                 raise ConfigError("an Embedder built from a model object needs its tokenizer")
@@ -129,6 +131,11 @@ class Embedder:
         if quantize:
             self.model = _quantize_linear_layers(self.model, self.backend)
         self.pad_id = _pad_id(tokenizer)
+        # The sizes it was trained to be truncated to (an adapter's record first, then the folder's); the server
+        # allows `dimensions` requests by them. Training sets them on the embedder it trains.
+        self.matryoshka_dims: tuple[int, ...] | None = saved_matryoshka_dims(adapter, self.hidden_size) or (
+            saved_matryoshka_dims(source.location, self.hidden_size) if source is not None and source.is_local
+            else None)
         # Set by distributed training to the model as DDP/FSDP wraps it: forwards that build a graph must go
         # through the wrapper (its gradient hooks); inference and no-grad passes use the plain model.
         self.training_module: torch.nn.Module | None = None
@@ -348,6 +355,20 @@ class Embedder:
         """Decoder layers the model runs (after num_layers dropped the rest); None where it has no layer list."""
         layers = decoder_layers(_unwrapped(self.model))
         return len(layers) if layers is not None else None
+
+
+def truncate_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The first `dim` dimensions of each row, L2-normalised again (Matryoshka sizes; a prefix of a unit vector is
+    not one). A dimension above the width is the caller's error to report; here it keeps every column."""
+    cut = np.asarray(vectors, dtype=np.float32)[:, :dim]
+    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+
+
+def check_dims(dims: Sequence[int], width: int, what: str = "eval.dims") -> None:
+    """A one-line ConfigError when a requested size is above the model's width (before any encoding)."""
+    above = [d for d in dims if d > width]
+    if above:
+        raise ConfigError(f"{what}: {above[0]} is above the model's width {width}")
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

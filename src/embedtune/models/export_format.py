@@ -35,6 +35,8 @@ FIELDS = {  # every field the writer writes: its meaning
     "eos_appended": "merged: whether the tokenizer appends EOS itself; an adapter: null",
     "prompt_in_tokenizer": "merged: the tokenizer applies the prompt itself, so a loader must not add it again",
     "dimensions": "the embedding's size",
+    "matryoshka_dims": "the sizes Matryoshka training trained (truncate, then re-normalise), else null (read back as "
+                       "the Embedder's matryoshka_dims; a file without it reads as null)",
     "versions": "the libraries that wrote it (embedtune, transformers, torch)",
     "dtype": "merged: the saved weights' dtype (fp32, bf16 or fp16); an adapter: null (optional: newer files)",
     "prompts": "named prompts a caller picks by name, e.g. {\"query\": \"query: \"}: prefixes put before a text "
@@ -52,6 +54,7 @@ class Exported(Protocol):
     prompt: str | None
     max_length: int
     eos_id: int | None
+    matryoshka_dims: tuple[int, ...] | None
     # (and, optionally, `prompts`: the query/document prompts loaded from an earlier export)
 
     @property
@@ -82,6 +85,8 @@ def export_info(embedder: Exported, model: ModelConfig, *, merged: bool, dtype: 
         "eos_appended": embedder.eos_id is not None if merged else None,
         "prompt_in_tokenizer": bool(embedder.prompt) if merged else False,
         "dimensions": embedder.hidden_size,
+        # getattr: a stand-in for an embedder (tests, scripts) may predate the attribute; it trained no sizes.
+        "matryoshka_dims": list(dims) if (dims := getattr(embedder, "matryoshka_dims", None)) else None,
         "versions": versions(),
         "dtype": dtype if merged else None,
         "prompts": {name: prompts[name] for name in PROMPT_NAMES if prompts.get(name) is not None},
@@ -123,6 +128,19 @@ def saved_export_settings(folder: str | Path) -> dict[str, Any]:
     if info.get("format") == MERGED_FORMAT and info.get("prompt"):
         settings["prompt"] = ""
     return settings
+
+
+def saved_matryoshka_dims(folder: str | Path | None, width: int | None = None) -> tuple[int, ...] | None:
+    """The Matryoshka sizes recorded in `folder`'s file (increasing), or None: absent (an older file, a model
+    trained without them) or not a list of distinct sizes within `width`, which a load ignores like any bad value."""
+    if not folder:
+        return None
+    dims = read_export_info(folder).get("matryoshka_dims")
+    if not isinstance(dims, list) or not dims or not all(is_whole(d, at_least=1) for d in dims):
+        return None
+    if len(set(dims)) != len(dims) or (width is not None and max(dims) > width):
+        return None
+    return tuple(sorted(dims))
 
 
 def is_whole(value: Any, at_least: int) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import embedtune.runs.layout as layout
-from embedtune.config import Config
+from embedtune.config import Config, evaluation_dims
 from embedtune.errors import StorageError
 from embedtune.files import write_text_atomically
 from embedtune.runs.records import EvalResult, load_complete
@@ -39,6 +39,9 @@ def baseline_key(config: Config, data: str | None = None, backend: str | None = 
     setting = {"model": model, "files": _files_of(config.model.name, config.model.adapter),
                "eval": {"tasks": config.eval.tasks, "batch_size": config.eval.batch_size},
                "data": data, "backend": backend}
+    dims = evaluation_dims(config)
+    if dims:  # only when asked: the keys of evaluations without truncated sizes stay as they were
+        setting["eval"]["dims"] = dims
     return hashlib.sha1(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[:KEY_LENGTH]
 
 

@@ -6,7 +6,7 @@ A run folder (`embedtune run --output-dir OUT`, or OUT/runs/NAME of a sweep):
     metrics.jsonl      one event per step and dev evaluation          plan.json         the time budget's plan
     base.json/.md      the base model's evaluation                    tuned.json/.md    the tuned model's evaluation
     best.json          the best dev step and score                    final/, best/     the adapters
-    loss.png, dev_spearman.png                                        environment.json  versions and hardware
+    loss.png, dev_spearman.png, dims.png (Matryoshka sizes)           environment.json  versions and hardware
     report.md, report.html                                            report.json       written last: the run is done
 
 A sweep folder adds sweep.json (its plan and each run's state), runs/NAME/ (a run folder per grid point),
@@ -37,6 +37,7 @@ ERROR_FILE = "error.txt"  # a sweep's failed run: the traceback
 LOSS_PLOT = "loss.png"
 DEV_PLOT = "dev_spearman.png"
 RUN_PLOTS = (LOSS_PLOT, DEV_PLOT)  # drawn by the trainer
+DIMS_PLOT = "dims.png"  # average score against the truncated size, base and tuned (`run` with Matryoshka sizes)
 
 # ---- a sweep folder -------------------------------------------------------------------------------------------
 SWEEP_FILE = "sweep.json"
@@ -53,7 +54,7 @@ CACHED_BASELINES_DIR = "baselines"  # KEY.json: base-model evaluations that `run
 # Files that mark a folder as a run folder (for `embedtune report`).
 RUN_MARKERS = (REPORT_FILE, BASE_FILE, CONFIG_FILE, METRICS_FILE)
 # A finished run's outputs: removed when a run starts, so that none of them is ever a previous run's.
-RESULT_FILES = (REPORT_FILE, REPORT_MARKDOWN, TUNED_FILE, TUNED_MARKDOWN, REPORT_HTML, ENVIRONMENT_FILE)
+RESULT_FILES = (REPORT_FILE, REPORT_MARKDOWN, TUNED_FILE, TUNED_MARKDOWN, REPORT_HTML, ENVIRONMENT_FILE, DIMS_PLOT)
 # The averaged adapter's outputs in a sweep (averaged/).
 AVERAGE_RESULTS = (REPORT_FILE, TUNED_FILE, TUNED_MARKDOWN, REPORT_HTML, ENVIRONMENT_FILE)
 # A sweep's own report: removed when a sweep starts, written when it ends.

@@ -122,10 +122,12 @@ class EvalResult(Record):
     """What `embedtune eval` writes (--output), base.json and tuned.json: per-task scores and their average.
 
     `tasks` holds the STS tasks ({"spearman", "n", "kind", "main_score"} each; `average` ± `std` is over them),
-    `pair_classification` and `retrieval` the other kinds' sections when asked for."""
+    `pair_classification` and `retrieval` the other kinds' sections when asked for; `dims` the STS tasks scored
+    on truncated, re-normalised vectors, per size ({"64": {"tasks", "average", "std"}, ...}) when asked for."""
 
     NESTED: ClassVar[dict[str, type[Record]]] = {"computed_with": ComputedWith, "reused": Reuse}
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"pair_classification", "retrieval", "computed_with", "reused"})
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"pair_classification", "retrieval", "dims", "computed_with",
+                                                    "reused"})
 
     model: str | None = None
     pooling: str | None = None
@@ -139,6 +141,7 @@ class EvalResult(Record):
     sentences_per_s: float | None = None
     pair_classification: dict[str, Any] | None = None
     retrieval: dict[str, Any] | None = None
+    dims: dict[str, dict[str, Any]] | None = None
     computed_with: ComputedWith | None = None
     reused: Reuse | None = None  # in a run's report only: the stage file base.json is the evaluation as made
 
@@ -162,9 +165,20 @@ class EvalResult(Record):
     def has_average(self) -> bool:
         return _is_number(self.average) and _is_number(self.std)
 
-    def covers(self, tasks: Iterable[str]) -> bool:
-        """Complete (average, std and time recorded) and exactly for these tasks: what a reused evaluation must be."""
-        return set(self.tasks) == set(tasks) and self.has_average and _is_number(self.seconds)
+    def covers(self, tasks: Iterable[str], dims: Iterable[int] = ()) -> bool:
+        """Complete (average, std and time recorded), exactly for these tasks and scored at least at these truncated
+        sizes: what a reused evaluation must be."""
+        scored_dims = self.dims if isinstance(self.dims, dict) else {}
+        return (set(self.tasks) == set(tasks) and self.has_average and _is_number(self.seconds)
+                and all(str(d) in scored_dims for d in dims))
+
+    def dim_averages(self) -> dict[int, float]:
+        """Truncated size -> average Spearman x100 over the STS tasks, increasing; {} when none was scored."""
+        found = {}
+        for dim, entry in (self.dims or {}).items():
+            if str(dim).isdigit() and isinstance(entry, Mapping) and _is_number(entry.get("average")):
+                found[int(dim)] = float(entry["average"])
+        return dict(sorted(found.items()))
 
     def without_reuse(self) -> EvalResult:
         """The evaluation as it was made (for base.json and the caches), without where this run found it."""
@@ -175,13 +189,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_complete(path: Path, tasks: Iterable[str]) -> EvalResult | None:
+def load_complete(path: Path, tasks: Iterable[str], dims: Iterable[int] = ()) -> EvalResult | None:
     """The evaluation saved in `path` if it is complete and covers exactly `tasks`, else None (with a warning when
     the file exists but is not)."""
     if not Path(path).is_file():
         return None
     result = EvalResult.load(path)
-    if result is None or not isinstance(result.tasks, dict) or not result.covers(tasks):
+    if result is None or not isinstance(result.tasks, dict) or not result.covers(tasks, dims):
         log.warning("%s is incomplete or for other tasks; evaluating the baseline again", path)
         return None
     return result

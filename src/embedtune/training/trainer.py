@@ -27,7 +27,7 @@ from embedtune.evaluation.report import plot_training
 from embedtune.evaluation.sts import STSEvaluator
 from embedtune.files import recover_folder, write_text_atomically
 from embedtune.hooks import hook
-from embedtune.losses import CachedInfoNCELoss, build_loss
+from embedtune.losses import CachedInfoNCELoss, MatryoshkaObjective, build_loss
 from embedtune.models.backend import Backend
 from embedtune.models.embedder import Embedder
 from embedtune.models.export_format import export_info
@@ -98,9 +98,11 @@ def train(config: Config, embedder: Embedder | None = None, callbacks: Sequence[
     check_adapter_weights(config.model.adapter, config.model.allow_pickle)
     embedder = embedder or Embedder.from_config(replace(config.model, quantize=None), adapter="", backend=backend)
     prepare_for_training(embedder, config.lora, config.model.adapter, t.gradient_checkpointing)
+    loss_fn = build_loss(config.train, embedder)  # first: it checks Matryoshka sizes against the model's width
+    if isinstance(loss_fn.objective, MatryoshkaObjective):
+        embedder.matryoshka_dims = loss_fn.objective.dims  # recorded with every saved adapter
     data = tokenize_triplets(embedder.tokenize, triplets, t.hard_negatives)
     warn_if_anisotropic(embedder, data.anchors[:32], t.lr)
-    loss_fn = build_loss(config.train, embedder)
     optimizer, params = build_optimizer(embedder.model, loss_fn, t.lr, t.weight_decay)
     engine = Engine.create(ranks, embedder, optimizer, t.batch_size)
     if isinstance(loss_fn, CachedInfoNCELoss):
