@@ -156,11 +156,10 @@ def _add_publish_flags(parser: argparse.ArgumentParser) -> None:
     """export's ONNX and hub flags (export/onnx.py, export/hub.py), in a group of their own."""
     group = parser.add_argument_group("ONNX and the hub")
     group.add_argument("--format", default="st", metavar="st|onnx",
-                       help="st: the sentence-transformers folder; onnx: the same folder plus onnx/model.onnx (pooled, "
-                            "normalised vectors under ONNX Runtime, checked against PyTorch; needs the 'onnx' extra)")
-    group.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
-                       help="after the export, upload the folder to this Hugging Face Hub repository in one commit "
-                            "(created if missing; default: no upload)")
+                       help="st: the sentence-transformers folder; onnx: plus onnx/model.onnx, checked against PyTorch "
+                            "under ONNX Runtime (the 'onnx' extra)")
+    group.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="then upload the folder to this "
+                       "Hugging Face Hub repository in one commit (created if missing; default: no upload)")
     group.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     group.add_argument("--token", default=None, metavar="TOKEN",
                        help="with --push-to-hub: a token with write access (default: $HF_TOKEN, else the saved "
@@ -333,25 +332,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from embedtune.export import export_model
+    from embedtune.export.hub import HubTarget
 
-    hub = _hub_target(args)  # a bad name or no token fails before the (slow) export
+    # A bad name, no token, or --private/--token alone fails before the (slow) export.
+    hub = HubTarget.from_flags(args.push_to_hub, token=args.token, private=args.private)
     config = config_from_args(args)
     out = export_model(config.model, args.out, adapter_only=args.adapter_only, format=args.format)
     print(f"exported to {out}")
     if hub is not None:
         print(f"published {out} to {hub.push(out)}")
     return 0
-
-
-def _hub_target(args: argparse.Namespace) -> Any:
-    if args.push_to_hub is None:
-        for flag, given in (("--private", args.private), ("--token", args.token is not None)):
-            if given:
-                raise ConfigError(f"{flag} goes with --push-to-hub ORG/NAME")
-        return None
-    from embedtune.export.hub import HubTarget
-
-    return HubTarget.resolve(args.push_to_hub, token=args.token, private=args.private)
 
 
 def cmd_average_adapters(args: argparse.Namespace) -> int:

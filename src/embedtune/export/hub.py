@@ -36,6 +36,17 @@ class HubTarget:
     private: bool = False
 
     @classmethod
+    def from_flags(cls, repo_id: str | None, *, token: str | None = None, private: bool = False) -> HubTarget | None:
+        """export's --push-to-hub, --token and --private: the target, None without --push-to-hub (and then the
+        other two are a mistake), or a one-line ConfigError."""
+        if repo_id is None:
+            for flag, given in (("--private", private), ("--token", token is not None)):
+                if given:
+                    raise ConfigError(f"{flag} goes with --push-to-hub ORG/NAME")
+            return None
+        return cls.resolve(repo_id, token=token, private=private)
+
+    @classmethod
     def resolve(cls, repo_id: str, *, token: str | None = None, private: bool = False) -> HubTarget:
         """The target, or a one-line ConfigError for a bad name or no token (before anything is written)."""
         return cls(check_repo_id(repo_id), resolve_token(token), private)

@@ -59,6 +59,9 @@ def write_onnx(folder: Path, embedder: Embedder, *, external_data_bytes: int = E
     Runtime. `folder` already holds the tokenizer files (the check tokenizes through them, as a user would)."""
     from embedtune.progress import progress_bar
 
+    if any(p.dtype != torch.float32 for p in embedder.model.parameters()):
+        # The safetensors are written by now; the graph is fp32, the precision ONNX Runtime's CPU kernels run.
+        embedder.model.float()
     with progress_bar(total=2, desc="ONNX export", unit="step") as bar:
         bar.set_postfix_str("tracing and writing the graph")
         path = export_graph(folder, embedder, external_data_bytes)
