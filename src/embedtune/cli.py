@@ -238,11 +238,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from embedtune.export import export_model
+    from embedtune.export.hub import HubTarget
 
+    # A bad name, no token, or --private/--token alone fails before the (slow) export.
+    hub = HubTarget.from_flags(args.push_to_hub, token=args.token, private=args.private)
     config = config_from_args(args)
     out = export_model(config.model, args.out, adapter_only=args.adapter_only, dtype=args.dtype,
-                       prompts={"query": args.query_prompt, "document": args.document_prompt})
+                       prompts={"query": args.query_prompt, "document": args.document_prompt}, format=args.format)
     print(f"exported to {out}")
+    if hub is not None:
+        print(f"published {out} to {hub.push(out)}")
     return 0
 
 

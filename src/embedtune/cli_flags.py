@@ -38,6 +38,21 @@ def add_export_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None
                                   "embedtune serve apply it by prompt_name; default: none)")
     g["output"].add_argument("--document-prompt", default=None, metavar="TEXT",
                              help="a prefix recorded as the prompt named 'document' (default: none)")
+    add_publish_flags(parser)
+
+
+def add_publish_flags(parser: argparse.ArgumentParser) -> None:
+    """export's ONNX and hub flags (export/onnx.py, export/hub.py), in a group of their own."""
+    group = parser.add_argument_group("ONNX and the hub")
+    group.add_argument("--format", default="st", metavar="st|onnx",
+                       help="st: the sentence-transformers folder; onnx: plus onnx/model.onnx, checked against PyTorch "
+                            "under ONNX Runtime (the 'onnx' extra)")
+    group.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="then upload the folder to this "
+                       "Hugging Face Hub repository in one commit (created if missing; default: no upload)")
+    group.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    group.add_argument("--token", default=None, metavar="TOKEN",
+                       help="with --push-to-hub: a token with write access (default: $HF_TOKEN, else the saved "
+                            "`hf auth login`; the variable keeps the token out of the process list)")
 
 
 def add_sweep_flags(parser: argparse.ArgumentParser, g: dict[str, Any]) -> None:

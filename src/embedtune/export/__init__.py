@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = False,
                  card_info: dict | None = None, dtype: str | None = None,
-                 prompts: dict[str, str | None] | None = None, show_progress: bool = True) -> Path:
+                 prompts: dict[str, str | None] | None = None, show_progress: bool = True,
+                 format: str = "st") -> Path:
     """Write `out` and return it: merged sentence-transformers folder, or (adapter_only) the adapter files
     of `model.adapter` with the tokenizer and sentence-transformers files that load them.
 
@@ -65,11 +66,13 @@ def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = Fa
     the adapter came from (report.json and config.json, see card.py) and otherwise left out of the card.
     `dtype` (fp32, bf16, fp16; merged only): the saved weights' dtype; None: the run's precision (precision.py).
     `prompts`: {"query": ..., "document": ...} prefixes recorded for callers to pick by name.
+    `format` "onnx" adds onnx/model.onnx to the merged folder (export/onnx.py), checked under ONNX Runtime.
     """
     out = _checked_target(out)
     _check_request(model, adapter_only, dtype)
+    _check_format(format, adapter_only)
     named_prompts = check_prompts(prompts)
-    info = {**discover_card_info(model.adapter), **(card_info or {})}
+    info = {**discover_card_info(model.adapter), **(card_info or {}), "onnx": format == "onnx"}
     dtype, source = export_dtype(dtype, info)
     if not adapter_only:
         log.info("exporting the weights in %s (%s)", dtype, source)
@@ -92,6 +95,10 @@ def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = Fa
                 write_adapter_only(folder, model.adapter, meta, card, embedder, named_prompts, step)
             else:
                 write_merged(folder, embedder, meta, card, dtype=dtype, prompts=named_prompts, step=step)
+            if format == "onnx":
+                from embedtune.export.onnx import write_onnx
+
+                write_onnx(folder, embedder)
 
         try:
             written = write_folder_atomically(out, write, "export")  # the folder appears complete or not at all
@@ -107,7 +114,7 @@ def export_model(model: ModelConfig, out: str | Path, *, adapter_only: bool = Fa
 
 def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bool = False,
            card_info: dict | None = None, dtype: str | None = None, prompts: dict[str, str | None] | None = None,
-           **options: Any) -> Path:
+           format: str = "st", **options: Any) -> Path:
     """A merged sentence-transformers folder (or adapter-only) that appends EOS by itself (the Python API's
     `embedtune.export`).
 
@@ -122,7 +129,7 @@ def export(model: Any, adapter: str | None, out: str | Path, *, adapter_only: bo
     given = {**options, **({"adapter": adapter} if adapter is not None else {})}
     config.update({"model": given} if given else {}, "export()")
     return export_model(config.validate().model, out, adapter_only=adapter_only, card_info=card_info, dtype=dtype,
-                        prompts=prompts)
+                        prompts=prompts, format=format)
 
 
 class _CallablePackage(types.ModuleType):
@@ -158,6 +165,20 @@ def _check_request(model: ModelConfig, adapter_only: bool, dtype: str | None) ->
         adapter_files(model.adapter)
     if model.prompt is not None and model.prompt.count("{}") > 1:
         raise ConfigError(f"prompt may hold '{{}}' at most once, got {model.prompt!r}")
+
+
+def _check_format(format: str, adapter_only: bool) -> None:
+    """A known --format, one the export kind allows, and its extra installed: before the (slow) model load."""
+    from embedtune.export.onnx import FORMATS
+
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format == "onnx":
+        if adapter_only:
+            raise ConfigError("--format onnx exports the merged model; it cannot go with --adapter-only")
+        from embedtune.extras import require
+
+        require("onnx", "--format onnx")
 
 
 def _export_embedder(model: ModelConfig) -> Embedder:

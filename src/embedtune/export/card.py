@@ -27,7 +27,7 @@ CONFIG_SECTIONS = frozenset(f.name for f in fields(Config))
 
 # ---- run information ---------------------------------------------------------------------------------------
 def discover_card_info(adapter: str | Path | None) -> dict:
-    """{"config", "scores", "base_scores"} of the run an adapter came from (only the entries found)."""
+    """{"config", "scores", "base_scores", "data"} of the run an adapter came from (only the entries found)."""
     if not adapter:
         return {}
     info: dict[str, Any] = {}
@@ -50,6 +50,9 @@ def run_info(folder: Path) -> dict:
     config = read_json_or(folder / layout.CONFIG_FILE)
     if is_run_config(config):
         info["config"] = config
+    counts = read_json_or(folder / layout.DATA_REPORT_FILE)
+    if isinstance(counts, dict) and counts and all(isinstance(v, int) for v in counts.values()):
+        info["data"] = counts  # the training data's cleaning counts (data/nli.py CleaningReport)
     return info
 
 
@@ -71,9 +74,10 @@ def model_card(meta: dict, info: dict) -> str:
     """README.md for an export: what it is, how to use it, its scores and training config (no local paths)."""
     merged = meta["format"] == MERGED_FORMAT
     sections = [_front_matter(meta, merged), _model_table(meta, merged),
-                _merged_usage() if merged else _adapter_usage(meta), _matryoshka_usage(meta, merged),
-                _scores(info.get("scores"), info.get("base_scores")), _config(info.get("config")),
-                _notes(info.get("notes")), _versions(meta)]
+                _merged_usage() if merged else _adapter_usage(meta), _onnx_usage() if info.get("onnx") else [],
+                _matryoshka_usage(matryoshka_dims(meta, info.get("config")), merged),
+                _scores(info.get("scores"), info.get("base_scores")), _data(info.get("data")),
+                _config(info.get("config")), _notes(info.get("notes")), _versions(meta), _citation()]
     return "\n".join(line for section in sections for line in section)
 
 
@@ -109,16 +113,15 @@ def _merged_usage() -> list[str]:
             "```", ""]
 
 
-def _matryoshka_usage(meta: dict, merged: bool) -> list[str]:
+def _matryoshka_usage(dims: list[int], merged: bool) -> list[str]:
     """How to use the trained Matryoshka sizes. Only here and in embedtune_export.json: sentence-transformers
     (>= 3) reads a `truncate_dim` in config_sentence_transformers.json as the default truncation of every encode,
     which would silently shorten the full vectors, so the export leaves that file's default (none) alone."""
-    dims = meta.get("matryoshka_dims")
     if not dims:
         return []
-    sizes, smallest = ", ".join(str(d) for d in dims), dims[0]
-    lines = ["## Matryoshka sizes", "", (f"Trained so that the first {sizes} dimensions of each vector work on their "
-                                         "own: keep a prefix, then L2-normalise it again."), ""]
+    sizes, smallest = ", ".join(str(d) for d in dims), min(dims)
+    lines = ["## Matryoshka dimensions", "", (f"Trained so that the first {sizes} dimensions of each vector work on "
+                                              "their own: keep a prefix, then L2-normalise it again."), ""]
     if merged:
         lines += ["```python", f"model = SentenceTransformer('path/to/this/folder', truncate_dim={smallest})",
                   "vectors = model.encode(texts, normalize_embeddings=True)  # truncated, then re-normalised",
@@ -132,6 +135,23 @@ def _adapter_usage(meta: dict) -> list[str]:
                              "takes pooling, prompt and max tokens from this folder:"), "",
             "```bash", (f"embedtune encode --model {display_name(meta['base_model'])} "
                         "--adapter path/to/this/folder --input texts.txt --output vectors.npy"), "```", ""]
+
+
+def _onnx_usage() -> list[str]:
+    return ["### ONNX Runtime", "", ("`onnx/model.onnx` takes `input_ids` and `attention_mask` from this folder's "
+                                     "tokenizer and outputs `sentence_embedding` (pooled and normalised):"), "",
+            "```python", "import onnxruntime", "from transformers import AutoTokenizer", "",
+            "tokenizer = AutoTokenizer.from_pretrained('path/to/this/folder')",
+            "session = onnxruntime.InferenceSession('path/to/this/folder/onnx/model.onnx')",
+            "batch = tokenizer(['A man is playing a guitar.'], padding=True, truncation=True, return_tensors='np')",
+            "(vectors,) = session.run(['sentence_embedding'], {k: batch[k] for k in ('input_ids', 'attention_mask')})",
+            "```", ""]
+
+
+def matryoshka_dims(meta: dict, config: dict | None) -> list[int]:
+    """The Matryoshka dimensions the model was trained for: the export's record, else the training config's."""
+    dims = meta.get("matryoshka_dims") or ((config or {}).get("train") or {}).get("matryoshka_dims")
+    return [int(d) for d in dims] if isinstance(dims, (list, tuple)) else []
 
 
 def _scores(scores: dict | None, base: dict | None) -> list[str]:
@@ -162,6 +182,14 @@ def _card_result(result: dict) -> EvalResult:
     return card
 
 
+def _data(counts: dict | None) -> list[str]:
+    if not counts:
+        return []
+    rows = [f"| {name.replace('_', ' ')} | {value} |" for name, value in counts.items()]
+    return ["## Training data", "", "NLI rows read and cleaned (kept: what training saw):", "", "| | rows |",
+            "|---|---:|", *rows, ""]
+
+
 def _config(config: dict | None) -> list[str]:
     if not config:
         return []
@@ -178,6 +206,20 @@ def _notes(notes: Any) -> list[str]:
 def _versions(meta: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     return ["## Versions", "", versions or "unknown", ""]
+
+
+CITATION = """@article{ukarapol2024improving,
+  title   = {Improving Text Embeddings for Smaller Language Models Using Contrastive Fine-tuning},
+  author  = {Ukarapol, Trapoom and Lee, Zhicheng and Xin, Amy},
+  journal = {arXiv preprint arXiv:2408.00690},
+  year    = {2024}
+}"""
+
+
+def _citation() -> list[str]:
+    return ["## Citation", "", ("The training recipe (LoRA, InfoNCE on NLI triplets with hard negatives, the EOS "
+                                "token's last hidden state as the embedding) is the one of arXiv 2408.00690:"), "",
+            "```bibtex", CITATION, "```", ""]
 
 
 def strip_paths(value: Any) -> Any:
