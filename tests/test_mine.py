@@ -164,8 +164,14 @@ def test_faiss_and_exact_search_agree(monkeypatch):
     exact = search_candidates(queries, documents, 20, "exact", show_progress=False)
     if extras.available("mining"):
         real = search_candidates(queries, documents, 20, "faiss", show_progress=False)
-        np.testing.assert_array_equal(real[1], exact[1])
         np.testing.assert_allclose(real[0], exact[0], atol=1e-5)
+        # The same documents, rank for rank, except where two scores tie (to float rounding) and either order is right.
+        tied = np.zeros_like(exact[0], dtype=bool)
+        close = np.abs(np.diff(exact[0], axis=1)) < 1e-5
+        tied[:, 1:] |= close
+        tied[:, :-1] |= close
+        assert tied.mean() < 0.01
+        np.testing.assert_array_equal(real[1][~tied], exact[1][~tied])
     monkeypatch.setattr(extras, "load", lambda module, extra, purpose: FakeFaiss)
     faked = search_candidates(queries, documents, 20, "faiss", show_progress=False)
     assert FakeFaiss.used == 2

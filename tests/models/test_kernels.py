@@ -117,3 +117,13 @@ def test_a_process_mixing_dtypes_and_grad_modes_keeps_its_compiled_kernels():
                 for eps in (1e-6, 1e-5):
                     kernel(True, x, scale, eps)
     assert kernel.compiled is not None and not kernel.failed
+
+
+def test_a_trace_runs_the_eager_kernel_and_leaves_compiling_on():
+    # The ONNX export traces the model with torch.jit: a compiled function there fails, and a failure would turn
+    # compiling off for the rest of the process.
+    kernel = Kernel(kernels.rms_norm_forward)
+    x, scale = torch.randn(3, 8), torch.randn(8)
+    traced = torch.jit.trace(lambda a, b: kernel(True, a, b, 1e-6)[0], (x, scale))
+    torch.testing.assert_close(traced(x, scale), kernels.rms_norm_forward(x, scale, 1e-6)[0])
+    assert not kernel.failed  # (the trace check reruns the function untraced: compiled there, and fine)

@@ -97,8 +97,10 @@ class Kernel:
         self.failed = False
 
     def __call__(self, compiled: bool, *args):
-        """Run on `args`, compiled when `compiled` (the backend's choice) and compiling has not failed."""
-        if not compiled or self.failed:
+        """Run on `args`, compiled when `compiled` (the backend's choice) and compiling has not failed. Under
+        torch.jit tracing (the ONNX export) eager: a trace cannot hold a compiled function, and the eager ops are
+        what the exported graph should record."""
+        if not compiled or self.failed or torch.jit.is_tracing():
             return self.eager(*args)
         if self.compiled is None:
             return self._compile_and_run(*args)
