@@ -195,7 +195,7 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"')
 
 
 def parse_prometheus(text: str) -> dict[str, dict]:
-    """Prometheus text format 0.0.4, parsed strictly (prometheus_client is not installed here): every line is a
+    """Prometheus text format 0.0.4, parsed strictly (stricter than prometheus_client's parser): every line is a
     HELP, a TYPE or a sample of a family declared before it; values are floats; histograms are cumulative and end
     with +Inf equal to _count. Returns family -> {"type", samples: [(name, labels, value)]}."""
     assert text.endswith("\n")
@@ -244,7 +244,16 @@ def value(families: dict, family: str, sample: str | None = None, **labels) -> f
 def scrape(server, headers: dict | None = None) -> dict:
     status, text = post(server, None, "/metrics", headers)
     assert status == 200, text
-    return parse_prometheus(text)
+    families = parse_prometheus(text)
+    # Prometheus' own Python parser reads the same samples.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    theirs = {(s.name, tuple(sorted(s.labels.items())), s.value)
+              for family in text_string_to_metric_families(text) for s in family.samples}
+    ours = {(name, tuple(sorted(labels.items())), v) for family in families.values()
+            for name, labels, v in family["samples"]}
+    assert theirs == ours
+    return families
 
 
 def test_metrics_count_what_was_served(plain, tiny_texts):
