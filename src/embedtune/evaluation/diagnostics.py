@@ -22,7 +22,7 @@ def mean_cosine(embedder, ids: Sequence[Sequence[int]]) -> float:
 
 def warn_if_anisotropic(embedder, ids: Sequence[Sequence[int]], lr: float) -> float:
     """SmolLM2-135M's EOS states have mean cosine 0.93: InfoNCE starts at chance and LoRA at lr 5e-5 barely
-    moves it (docs/RESULTS.md). Say so at the start instead of after an hour of flat loss."""
+    moves it (docs/ABLATIONS.md). Say so at the start instead of after an hour of flat loss."""
     similarity = mean_cosine(embedder, ids)
     log.info("base model: mean cosine between unrelated training sentences %.3f", similarity)
     if similarity > ANISOTROPY_LIMIT and lr < FAST_LR:
