@@ -354,3 +354,11 @@ def test_one_run_per_gpu_side_by_side_gives_what_one_after_another_gives(tiny_mo
 
     assert scores(tmp_path / "side_by_side") == scores(tmp_path / "in_turn")
     assert len(list((tmp_path / "side_by_side" / "baselines").glob("*.json"))) == 1  # scored here, once
+
+
+def test_a_run_folder_with_a_retired_option_still_counts_as_made_with_its_settings():
+    from embedtune.sweep.plan import _comparable
+
+    # config.json of a run made before train.log_steps was retired: the same settings, so the run is not redone.
+    assert _comparable({"train": {"log_steps": 1, "lr": 5e-4}}) == _comparable({"train": {"lr": 5e-4}})
+    assert _comparable({"train": {"lr": 5e-4}}) != _comparable({"train": {"lr": 5e-5}})

@@ -81,11 +81,12 @@ def _slug(text: str) -> str:
 
 def _comparable(config: dict) -> dict:
     """A config as written to config.json, without what a sweep sets per run; fields the file lacks (written by
-    an older version) take their defaults."""
+    an older version) take their defaults, and fields it has that are no longer options (train.log_steps) are
+    left out."""
     merged = Config().to_dict()
     for section, values in config.items():
         if isinstance(values, dict) and section in merged:
-            merged[section].update(values)
+            merged[section].update({k: v for k, v in values.items() if k in merged[section]})
     merged["train"].pop("resume", None)
     merged["train"].pop("output_dir", None)
     return merged
