@@ -133,13 +133,15 @@ def test_server_keeps_serving_after_bad_requests(tiny_server):
     assert len(embed(tiny_server, {"model": "m", "input": "still here"})["data"]) == 1
 
 
-def run_concurrently(server, payloads: list[dict]) -> list[dict]:
+def run_concurrently(server, payloads: list[dict], send=None) -> list:
+    """Each payload sent by its own thread, all released at once; `send(server, payload)` (default: embed)."""
+    send = send or embed
     results: list = [None] * len(payloads)
     barrier = threading.Barrier(len(payloads))
 
     def worker(i: int) -> None:
         barrier.wait()
-        results[i] = embed(server, payloads[i])
+        results[i] = send(server, payloads[i])
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(payloads))]
     for t in threads:

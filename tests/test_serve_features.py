@@ -8,13 +8,13 @@ import http.client
 import json
 import math
 import re
-import threading
 
 import numpy as np
 import pytest
 
 from embedtune.models.embedder import Embedder
 from embedtune.serve import ServeLimits, start_server
+from tests.test_serve import run_concurrently
 
 openai = pytest.importorskip("openai")
 
@@ -302,19 +302,7 @@ def test_unknown_paths_share_one_label(plain_server):
 
 # ---- batching by a token budget ---------------------------------------------------------------------------------
 def concurrently(server, payloads: list) -> list:
-    results: list = [None] * len(payloads)
-    barrier = threading.Barrier(len(payloads))
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        results[i] = post(server, payloads[i])
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(payloads))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
+    return run_concurrently(server, payloads, send=post)
 
 
 @pytest.mark.parametrize("budget", [64, 200])
